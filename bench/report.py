@@ -1,0 +1,98 @@
+"""Tables from records: `python -m bench.report RUN_DIR [RUN_DIR ...] [--out DIR]`.
+
+The robustness-vs-accuracy table has one row per (dataset, model, defense) and
+columns: clean accuracy, then worst-case robust accuracy at each (norm, eps).
+Runs with the same config hash and seed are the same experiment: only the
+newest is reported. Writes evasion.md and evasion.csv (and the per-attack
+detail) and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from bench.errors import BenchError
+from bench.records import read_records
+
+ROW_KEYS = ["dataset", "model", "defense"]
+
+
+def latest_runs(records: pd.DataFrame) -> pd.DataFrame:
+    """Keep only the newest run for each (config_hash, seed)."""
+    newest = records.groupby(["config_hash", "seed"])["created"].transform("max")
+    return records[records["created"] == newest]
+
+
+def _threat_label(norm: str, eps: float) -> str:
+    return f"{norm} {eps:g}"
+
+
+def evasion_table(records: pd.DataFrame, evaluator: str = "worst_case") -> pd.DataFrame:
+    """Rows: dataset x model x defense (averaged over seeds); columns: clean, then robust accuracy (%) per threat."""
+    records = latest_runs(records)
+    clean = records[(records.evaluator == "clean") & (records.metric == "accuracy")]
+    robust = records[(records.evaluator == evaluator) & (records.metric == "robust_accuracy")]
+    if clean.empty:
+        raise BenchError("no clean-accuracy records found; are these evasion runs?")
+    table = clean.groupby(ROW_KEYS)["value"].mean().mul(100).rename("clean").to_frame()
+    table["seeds"] = clean.groupby(ROW_KEYS)["seed"].nunique()
+    if not robust.empty:
+        robust = robust.assign(threat=[_threat_label(n, e) for n, e in zip(robust.norm, robust.eps)])
+        order = robust.sort_values(["norm", "eps"]).threat.unique()
+        pivot = robust.pivot_table(index=ROW_KEYS, columns="threat", values="value", aggfunc="mean").mul(100)
+        table = table.join(pivot[list(order)])
+    return table.reset_index()
+
+
+def attack_table(records: pd.DataFrame) -> pd.DataFrame:
+    """Per-attack robust accuracy (%) and seconds: one row per (dataset, model, defense, attack, threat)."""
+    records = latest_runs(records)
+    robust = records[(records.metric == "robust_accuracy")]
+    keys = ROW_KEYS + ["evaluator", "norm", "eps"]
+    table = robust.groupby(keys).agg(robust_accuracy=("value", "mean"), seconds=("seconds", "mean"), n=("n", "max"))
+    table["robust_accuracy"] *= 100
+    return table.reset_index()
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    return table.to_markdown(index=False, floatfmt=".2f")
+
+
+def write_tables(records: pd.DataFrame, out: str | Path) -> dict[str, Path]:
+    """Write evasion.md / evasion.csv / attacks.csv into `out`; returns the paths."""
+    from bench.records import atomic_write_bytes
+
+    out = Path(out)
+    main, detail = evasion_table(records), attack_table(records)
+    text = "# Robustness vs accuracy (%)\n\nWorst case over the attack suite, per example.\n\n" + to_markdown(main)
+    text += "\n\n## Per attack\n\n" + to_markdown(detail) + "\n"
+    return {
+        "md": atomic_write_bytes(out / "evasion.md", text.encode()),
+        "csv": atomic_write_bytes(out / "evasion.csv", main.to_csv(index=False).encode()),
+        "attacks": atomic_write_bytes(out / "attacks.csv", detail.to_csv(index=False).encode()),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.splitlines()[0])
+    parser.add_argument("paths", nargs="+", help="run directories (searched recursively) or records.parquet files")
+    parser.add_argument("--out", help="folder for evasion.md/.csv (default: the first path)")
+    args = parser.parse_args(argv)
+    try:
+        records = read_records(*args.paths)
+        out = args.out or (args.paths[0] if Path(args.paths[0]).is_dir() else Path(args.paths[0]).parent)
+        paths = write_tables(records, out)
+        print(to_markdown(evasion_table(records)))
+        print(f"\nwrote {paths['md']} and {paths['csv']}")
+    except BenchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
