@@ -1,0 +1,31 @@
+"""Shared fixtures: a small model trained once per session on digits."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax
+import pytest
+
+from bench import data, models, train
+from bench.defenses import standard
+
+
+@pytest.fixture(scope="session")
+def digits_data():
+    return data.digits()
+
+
+@pytest.fixture(scope="session")
+def trained_digits(digits_data):
+    """(logits_fn, params, x_test, y_test) for a standard cnn_small trained 15 epochs on digits (~97% clean)."""
+    d = digits_data
+    model = models.cnn_small(d.num_classes, d.mean, d.std)
+    logits_fn = models.make_logits_fn(model)
+    params = models.init_params(model, jax.random.key(0), d.image_shape)
+    opt = train.make_optimizer("adam", 3e-3, "cosine", 15 * train.steps_per_epoch(len(d.y_train), 64))
+    params, _ = train.train(standard(logits_fn), params, opt, d.x_train, d.y_train, epochs=15, batch_size=64,
+                            key=jax.random.key(1), progress=False)
+    return logits_fn, params, d.x_test, d.y_test

@@ -1,0 +1,104 @@
+"""The attack contract over every registered attack, and attack strength on a trained model."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bench.attacks import ATTACKS, ThreatModelViolation, check_threat_model
+from bench.attacks.threat import Norm
+from bench.errors import BenchError
+from bench.evaluate import accuracy
+
+EPS = {"linf": 0.1, "l2": 1.0}
+
+
+def _make(name, norm):
+    try:
+        return ATTACKS[name](norm=norm, eps=EPS[norm])
+    except BenchError as err:  # an attack defined for some norms only (e.g. C&W is L2)
+        pytest.skip(f"{name} does not support {norm}: {err}")
+
+
+@pytest.mark.parametrize("norm", [n.value for n in Norm])
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_attack_contract(name, norm, trained_digits):
+    logits_fn, params, x, y = trained_digits
+    calls = []
+
+    def counting_logits_fn(p, xb):
+        calls.append(1)  # runs only while tracing
+        return logits_fn(p, xb)
+
+    x, y = jnp.asarray(x[:32]), jnp.asarray(y[:32])
+    attack = _make(name, norm)
+    x_adv = attack(counting_logits_fn, params, x, y, jax.random.key(0))
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
+    check_threat_model(x, x_adv, norm, EPS[norm])  # inside the ball and [0, 1]
+    traced = len(calls)
+    assert traced > 0
+    x_again = attack(counting_logits_fn, params, x, y, jax.random.key(0))
+    np.testing.assert_array_equal(np.asarray(x_adv), np.asarray(x_again))  # same key, same output
+    assert len(calls) == traced, "a second call with the same shapes retraced"
+    # Another epsilon of the same attack reuses the compiled loop too.
+    other = ATTACKS[name](norm=norm, eps=EPS[norm] / 2)
+    check_threat_model(x, other(counting_logits_fn, params, x, y, jax.random.key(1)), norm, EPS[norm] / 2)
+
+
+def test_check_threat_model_rejects_violations():
+    x = np.full((2, 4, 4, 1), 0.5, np.float32)
+    with pytest.raises(ThreatModelViolation, match="beyond eps"):
+        check_threat_model(x, x + 0.2, "linf", 0.1)
+    with pytest.raises(ThreatModelViolation, match=r"\[0, 1\]"):
+        check_threat_model(x, x + 0.6, "linf", 1.0)
+    with pytest.raises(ThreatModelViolation, match="beyond eps"):
+        check_threat_model(x, x + 0.1, "l2", 0.1)  # L2 norm of a 16-pixel 0.1 shift is 0.4
+    check_threat_model(x, x + 0.1, "linf", 0.1)
+
+
+def test_pgd_drives_standard_model_to_zero_at_large_eps(trained_digits):
+    logits_fn, params, x, y = trained_digits
+    clean = accuracy(logits_fn, params, x, y)
+    assert clean > 0.9
+    x_adv = ATTACKS["pgd"](norm="linf", eps=0.5, steps=20)(logits_fn, params, jnp.asarray(x), jnp.asarray(y),
+                                                          jax.random.key(0))
+    assert accuracy(logits_fn, params, np.asarray(x_adv), y) < 0.02
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 1.0)])
+def test_pgd_at_least_as_strong_as_fgsm(trained_digits, norm, eps):
+    logits_fn, params, x, y = trained_digits
+    xj, yj = jnp.asarray(x), jnp.asarray(y)
+    key = jax.random.key(0)
+    fgsm_adv = ATTACKS["fgsm"](norm=norm, eps=eps)(logits_fn, params, xj, yj, key)
+    pgd_adv = ATTACKS["pgd"](norm=norm, eps=eps, steps=20)(logits_fn, params, xj, yj, key)
+    fgsm_acc = accuracy(logits_fn, params, np.asarray(fgsm_adv), y)
+    pgd_acc = accuracy(logits_fn, params, np.asarray(pgd_adv), y)
+    assert pgd_acc <= fgsm_acc
+    assert pgd_acc < accuracy(logits_fn, params, x, y) - 0.1  # the attack does something at this eps
+
+
+def test_restarts_never_hurt(trained_digits):
+    """The per-example best is kept across restarts: more restarts cannot raise robust accuracy."""
+    logits_fn, params, x, y = trained_digits
+    xj, yj = jnp.asarray(x), jnp.asarray(y)
+    accs = []
+    for restarts in (1, 3):
+        x_adv = ATTACKS["pgd"](norm="linf", eps=0.05, steps=5, restarts=restarts)(logits_fn, params, xj, yj,
+                                                                                 jax.random.key(0))
+        accs.append(accuracy(logits_fn, params, np.asarray(x_adv), y))
+    assert accs[1] <= accs[0]
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(norm="linf", eps=-0.1), "epsilon must be"),
+    (dict(norm="linf", eps=1.5), "exceeds 1"),
+    (dict(norm="l7", eps=0.1), "unknown norm"),
+    (dict(norm="linf", eps=0.1, steps=0), "steps >= 1"),
+    (dict(norm="linf", eps=0.1, loss="hinge"), "unknown attack loss"),
+])
+def test_bad_hyper_parameters_are_clear_errors(kwargs, message):
+    with pytest.raises(BenchError, match=message):
+        ATTACKS["pgd"](**kwargs)

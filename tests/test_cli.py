@@ -1,0 +1,70 @@
+"""End to end through `python -m bench`: a tiny sweep writes records, the report rebuilds the table; bad input fails fast."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench import records, report
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["dataset=digits", "train.epochs=2", "train.batch_size=64", "suite.eps=[0.05,0.1]", "suite.n_examples=64",
+        "suite.attacks.pgd.steps=5", "progress=false"]
+
+
+def _bench(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin", "HOME": str(ROOT)})
+
+
+def test_sweep_writes_records_and_report_rebuilds_table(tmp_path):
+    out = _bench("-m", "model=mlp,cnn_small", *TINY, f"hydra.sweep.dir={tmp_path}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    files = sorted(tmp_path.rglob(records.RECORDS_FILE))
+    assert len(files) == 2
+    frame = pd.read_parquet(files[0])
+    assert set(records.COLUMNS) <= set(frame.columns)
+    assert frame.data_fingerprint.nunique() == 1 and frame.git_rev.notna().all()
+    assert (tmp_path / "0-digits-mlp-standard" / "params.msgpack").is_file()
+
+    assert report.main([str(tmp_path), "--out", str(tmp_path / "tables")]) == 0
+    table = pd.read_csv(tmp_path / "tables" / "evasion.csv")
+    assert list(table.columns) == ["dataset", "model", "defense", "clean", "seeds", "linf 0.05", "linf 0.1"]
+    assert sorted(table.model) == ["cnn_small", "mlp"] and set(table.dataset) == {"digits"}
+    # Robust accuracy is a worst case: never above clean accuracy, never rising with epsilon.
+    assert (table["linf 0.05"] <= table["clean"]).all() and (table["linf 0.1"] <= table["linf 0.05"]).all()
+    assert "| digits" in (tmp_path / "tables" / "evasion.md").read_text()
+
+
+def test_help_lists_the_config_groups():
+    out = _bench("--help")
+    assert out.returncode == 0
+    for group in ("dataset:", "model:", "defense:", "suite:", "mnist5k", "cnn_small"):
+        assert group in out.stdout
+
+
+@pytest.mark.parametrize("override,message", [
+    ("dataset=nosuchset", "Could not find 'dataset/nosuchset'"),
+    ("model=nosuchnet", "Could not find 'model/nosuchnet'"),
+    ("suite.eps=[-0.1]", "epsilon must be a finite number >= 0"),
+    ("suite.eps=[1.5]", "exceeds 1"),
+    ("suite.norm=l3", "unknown norm 'l3'"),
+    ("train.batch_size=0", "batch_size must be >= 1"),
+    ("dataset=files", "missing required value dataset.path"),
+    ("dataset=tfds", "Offline datasets: digits, mnist5k"),
+])
+def test_bad_input_is_one_clear_line(override, message, tmp_path):
+    out = _bench("dataset=digits", "progress=false", f"hydra.run.dir={tmp_path}", override)
+    assert out.returncode != 0
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not list(tmp_path.rglob(records.RECORDS_FILE))
+
+
+def test_report_on_missing_records_is_a_clear_error(tmp_path, capsys):
+    assert report.main([str(tmp_path)]) == 2
+    assert "no records.parquet" in capsys.readouterr().err
