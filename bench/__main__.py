@@ -21,6 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from bench import evaluate, models, records, train
+from bench.defenses import overfitting
 from bench.errors import BenchError
 
 
@@ -43,7 +44,16 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict) -> "records.pd.DataFrame"
     objective = instantiate(cfg.defense, logits_fn=logits_fn)
 
     t = cfg.train
-    per_epoch = train.steps_per_epoch(len(data.y_train), t.batch_size)
+    x_train, y_train = data.x_train, data.y_train
+    eval_fns = [lambda p: {"test_accuracy": evaluate.accuracy(logits_fn, p, data.x_test, data.y_test)}]
+    oc = t.get("overfit_check")
+    if oc is not None and oc.enabled:  # held out from the end of the training split; never trained on
+        x_train, y_train, x_hold, y_hold = overfitting.split_holdout(x_train, y_train, oc.n_examples)
+        monitor = overfitting.overfit_monitor(
+            logits_fn, x_hold, y_hold, jax.random.fold_in(train_key, 1), norm=oc.norm, eps=oc.eps, steps=oc.steps,
+            step_size=oc.step_size, max_drop=oc.max_drop, floor=oc.floor)
+        eval_fns.append(monitor.eval_fn)
+    per_epoch = train.steps_per_epoch(len(y_train), t.batch_size)
     optimizer = train.make_optimizer(t.optimizer, t.learning_rate, t.schedule, t.epochs * per_epoch,
                                      t.momentum, t.weight_decay)
     x_eval, y_eval = data.x_test, data.y_test
@@ -55,17 +65,26 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict) -> "records.pd.DataFrame"
         history = []
     else:
         params, history = train.train(
-            objective, params, optimizer, data.x_train, data.y_train, epochs=t.epochs, batch_size=t.batch_size,
+            objective, params, optimizer, x_train, y_train, epochs=t.epochs, batch_size=t.batch_size,
             key=train_key, progress=cfg.progress,
-            eval_fn=lambda p: {"test_accuracy": evaluate.accuracy(logits_fn, p, data.x_test, data.y_test)},
+            eval_fn=lambda p: {k: v for f in eval_fns for k, v in f(p).items()},
         )
         models.save_params(run_dir / "params.msgpack", params)
     train_seconds = time.perf_counter() - started
+    train_rows = []
+    if history and history[-1].get("stop"):  # early stop (catastrophic overfitting): keep it in the records
+        print(f"stopped after epoch {history[-1]['epoch']}: {history[-1]['stop']}", file=sys.stderr)
+        if oc.restore and monitor.healthy_params() is not None:  # the model before the collapse, as Wong et al.
+            params = monitor.healthy_params()
+            models.save_params(run_dir / "params.msgpack", params)
+        train_rows.append(dict(evaluator="train", norm="none", eps=0.0, metric="stopped_epoch",
+                               value=float(history[-1]["epoch"]), n=len(y_train), seconds=train_seconds))
 
     results, _ = evaluate.evaluate_evasion(logits_fn, params, x_eval, y_eval, suite, suite_cfg.norm, attack_key,
                                            batch_size=suite_cfg.batch_size, progress=cfg.progress)
     results.append(dict(evaluator="train", norm="none", eps=0.0, metric="seconds", value=train_seconds,
                         n=len(data.y_train), seconds=train_seconds))
+    results.extend(train_rows)
     config = OmegaConf.to_container(cfg, resolve=True)
     context = dict(scenario=cfg.scenario.name, dataset=data.name, model=choices.get("model", "model"),
                    defense=choices.get("defense", "defense"),

@@ -117,7 +117,7 @@ def train(objective: Callable, params, optimizer: optax.GradientTransformation, 
         if eval_fn is not None:
             row.update(eval_fn(params))
         history.append(row)
-        bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k != "epoch"})
+        bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k != "epoch" and isinstance(v, float)})
         if progress:
             bar.write("epoch " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
         if row.get("stop"):
