@@ -31,3 +31,8 @@ peers: $(STAMP)
 
 clean:
 	rm -rf $(VENV) results/runs multirun
+
+# Every reduced paper preset (conf/experiment/*_reduced.yaml), then results/presets.md from their records.
+.PHONY: presets
+presets: $(STAMP)
+	$(BIN)/python scripts/run_presets.py

@@ -1,0 +1,158 @@
+"""Run every reduced paper preset and write measured numbers next to the papers' into results/presets.md.
+
+    python scripts/run_presets.py                 # run all conf/experiment/*_reduced.yaml, then write the table
+    python scripts/run_presets.py --reuse         # keep runs that already have records, run the rest
+    python scripts/run_presets.py --only trades_mnist_reduced --only madry_mnist_reduced
+
+Each preset runs as `python -m bench +experiment=NAME` into results/runs/presets/NAME (ignored by git).
+Every measured number comes from that run's records; every reported number comes from the `paper.reported`
+block of the full-scale preset named by the reduced preset's `reduced_of` field. Nothing is typed here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parent.parent
+EXPERIMENTS = ROOT / "conf" / "experiment"
+sys.path.insert(0, str(ROOT))
+
+from bench.records import RECORDS_FILE, atomic_write_bytes, read_records  # noqa: E402
+
+
+def reduced_presets() -> list[str]:
+    return sorted(p.stem for p in EXPERIMENTS.glob("*_reduced.yaml"))
+
+
+def run_preset(name: str, run_dir: Path, extra: list[str]) -> None:
+    """One preset through the normal entry point, in a subprocess (one Hydra run, fresh JAX state)."""
+    command = [sys.executable, "-m", "bench", f"+experiment={name}", "progress=false", f"hydra.run.dir={run_dir}",
+               *extra]
+    print("$", " ".join(command[1:]), flush=True)
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT)
+    if done.returncode != 0:
+        raise SystemExit(f"{name} failed with exit status {done.returncode}")
+    print(f"  {name}: {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def _value(records, **match) -> float | None:
+    rows = records
+    for column, wanted in match.items():
+        rows = rows[rows[column] == wanted]
+    return None if rows.empty else float(rows["value"].iloc[-1])
+
+
+def _pct(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:.2f}"
+
+
+def measured_row(name: str, run_dir: Path) -> dict:
+    """The numbers of one reduced run, from its records and its saved config only."""
+    records = read_records(run_dir / RECORDS_FILE)
+    config = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    suite = config.suite
+    eps = max(float(e) for e in suite.eps)
+    attacks = ", ".join(
+        f"{k}-{a.get('steps', '')}" + (f"x{a.restarts}" if a.get("restarts", 1) != 1 else "")
+        for k, a in suite.attacks.items())
+    stopped = _value(records, evaluator="train", metric="stopped_epoch")
+    overrides = [o for o in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml") if not o.startswith("progress=")]
+    return {
+        "preset": name,
+        "defense": str(records["defense"].iloc[0]),
+        "model": str(records["model"].iloc[0]),
+        "clean %": _pct(_value(records, evaluator="clean", metric="accuracy")),
+        f"robust % ({suite.norm} {eps:g}; {attacks})": _pct(
+            _value(records, evaluator="worst_case", metric="robust_accuracy", eps=eps)),
+        "train s": f"{_value(records, evaluator='train', metric='seconds'):.0f}",
+        "epochs": f"{int(stopped)} of {config.train.epochs} (early stop)" if stopped else f"{config.train.epochs}",
+        "n test": str(int(records[records.evaluator == "clean"]["n"].iloc[-1])),
+        "run_id": str(records["run_id"].iloc[0]),
+        "git_rev": str(records["git_rev"].iloc[0]),
+        "reduced_of": str(config.get("reduced_of") or ""),
+        "command": "`python -m bench " + " ".join(overrides) + "`",
+    }
+
+
+def reported_rows(full_preset: str) -> list[dict]:
+    """The reported numbers (with sources) of a full-scale preset's `paper` block."""
+    path = EXPERIMENTS / f"{full_preset}.yaml"
+    if not full_preset or not path.exists():
+        return []
+    paper = OmegaConf.load(path).get("paper")
+    if paper is None:
+        return []
+    return [{"preset": full_preset, "paper": str(paper.title), "metric": metric, "reported %": f"{entry.value:.2f}",
+             "source": str(entry.source)} for metric, entry in paper.reported.items()]
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_report(rows: list[dict], out: Path) -> Path:
+    robust_column = next(c for c in rows[0] if c.startswith("robust %"))
+    measured_columns = ["preset", "defense", "model", "clean %", robust_column, "train s", "epochs", "n test"]
+    reported = [r for full in dict.fromkeys(row["reduced_of"] for row in rows) for r in reported_rows(full)]
+    text = [
+        "# Paper presets: reduced-scale runs next to the papers' numbers",
+        "",
+        "Written by `python scripts/run_presets.py` (`make presets`) from the runs' records; do not edit by hand.",
+        "Reduced presets train on mnist5k (4,000 images; see each `conf/experiment/*_reduced.yaml` for how it",
+        "departs from the paper) and are evaluated on its 1,000 held-out test images. Robust accuracy is the",
+        "per-example worst case over the suite. `train s` is wall time from start to the end of training",
+        "(data loading and compilation included) on the machine that ran it. Reported numbers are for full",
+        "MNIST with the papers' own models: they are the target of the full-scale presets, not of these runs.",
+        "",
+        "## Measured (reduced scale)",
+        "",
+        _table(rows, measured_columns),
+        "",
+        "## Reported by the papers (full scale, MNIST test set)",
+        "",
+        _table(reported, ["preset", "paper", "metric", "reported %", "source"]) if reported else "(none)",
+        "",
+        "## Provenance",
+        "",
+        _table(rows, ["preset", "command", "run_id", "git_rev"]),
+        "",
+    ]
+    return atomic_write_bytes(out, "\n".join(text).encode())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", action="append", default=None, help="run only this preset (repeatable)")
+    parser.add_argument("--reuse", action="store_true", help="keep runs that already have records")
+    parser.add_argument("--runs", default=str(ROOT / "results" / "runs" / "presets"))
+    parser.add_argument("--out", default=str(ROOT / "results" / "presets.md"))
+    parser.add_argument("overrides", nargs="*", help="extra overrides passed to every run, e.g. seed=1")
+    args = parser.parse_args(argv)
+    names = args.only or reduced_presets()
+    unknown = sorted(set(names) - set(reduced_presets()))
+    if unknown:
+        raise SystemExit(f"unknown reduced presets {unknown}; choose from {reduced_presets()}")
+    runs = Path(args.runs)
+    for name in names:
+        run_dir = runs / name
+        if args.reuse and (run_dir / RECORDS_FILE).exists():
+            print(f"  {name}: reusing {run_dir}", flush=True)
+            continue
+        run_preset(name, run_dir, args.overrides)
+    rows = [measured_row(name, runs / name) for name in reduced_presets() if (runs / name / RECORDS_FILE).exists()]
+    path = write_report(rows, Path(args.out))
+    print(path.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
