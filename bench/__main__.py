@@ -81,7 +81,10 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict) -> "records.pd.DataFrame"
                                value=float(history[-1]["epoch"]), n=len(y_train), seconds=train_seconds))
 
     results, _ = evaluate.evaluate_evasion(logits_fn, params, x_eval, y_eval, suite, suite_cfg.norm, attack_key,
-                                           batch_size=suite_cfg.batch_size, progress=cfg.progress)
+                                           batch_size=suite_cfg.batch_size, progress=cfg.progress,
+                                           cumulative=bool(suite_cfg.get("cumulative", False)),
+                                           sanity=bool(suite_cfg.get("sanity", True)),
+                                           sanity_examples=int(suite_cfg.get("sanity_examples", 200)))
     results.append(dict(evaluator="train", norm="none", eps=0.0, metric="seconds", value=train_seconds,
                         n=len(data.y_train), seconds=train_seconds))
     results.extend(train_rows)

@@ -1,7 +1,10 @@
 """Tables from records: `python -m bench.report RUN_DIR [RUN_DIR ...] [--out DIR]`.
 
 The robustness-vs-accuracy table has one row per (dataset, model, defense) and
-columns: clean accuracy, then worst-case robust accuracy at each (norm, eps).
+columns: clean accuracy, then worst-case robust accuracy at each (norm, eps),
+then, when any sanity check tripped (bench/evaluate.py), `flags`: the checks
+that tripped for that row, each with its threat where it has one; their reasons
+are listed under the table in evasion.md.
 Runs with the same config hash and seed are the same experiment: only the
 newest is reported. Writes evasion.md and evasion.csv (and the per-attack
 detail) and prints the table.
@@ -45,14 +48,36 @@ def evasion_table(records: pd.DataFrame, evaluator: str = "worst_case") -> pd.Da
         order = robust.sort_values(["norm", "eps"]).threat.unique()
         pivot = robust.pivot_table(index=ROW_KEYS, columns="threat", values="value", aggfunc="mean").mul(100)
         table = table.join(pivot[list(order)])
+    flags = flags_table(records)
+    if not flags.empty:  # the column appears only when some check tripped, so clean tables keep their shape
+        labels = flags.groupby(ROW_KEYS)["flag"].agg(lambda f: ", ".join(dict.fromkeys(f)))
+        table["flags"] = labels.reindex(table.index).fillna("")
     return table.reset_index()
 
 
-def attack_table(records: pd.DataFrame) -> pd.DataFrame:
-    """Per-attack robust accuracy (%) and seconds: one row per (dataset, model, defense, attack, threat)."""
+def flags_table(records: pd.DataFrame) -> pd.DataFrame:
+    """Tripped sanity checks: one row per (dataset, model, defense, check, threat) with its reason."""
     records = latest_runs(records)
-    robust = records[(records.metric == "robust_accuracy")]
-    keys = ROW_KEYS + ["evaluator", "norm", "eps"]
+    columns = ROW_KEYS + ["flag", "reason"]
+    if "reason" not in records.columns:
+        return pd.DataFrame(columns=columns)
+    tripped = records[(records.evaluator == "sanity") & (records.value > 0)]
+    if tripped.empty:
+        return pd.DataFrame(columns=columns)
+    threat = [f"{m} ({_threat_label(n, e)})" if n != "none" else m
+              for m, n, e in zip(tripped.metric, tripped.norm, tripped.eps)]
+    return tripped.assign(flag=threat)[columns].drop_duplicates().reset_index(drop=True)
+
+
+def attack_table(records: pd.DataFrame) -> pd.DataFrame:
+    """Per-attack robust accuracy (%) and seconds: one row per (dataset, model, defense, attack, threat, metric).
+
+    metric is "robust_accuracy" (the attack alone) or "cumulative_robust_accuracy" (after it and the attacks
+    before it, in a cumulative suite).
+    """
+    records = latest_runs(records)
+    robust = records[records.metric.isin(["robust_accuracy", "cumulative_robust_accuracy"])]
+    keys = ROW_KEYS + ["evaluator", "norm", "eps", "metric"]
     table = robust.groupby(keys).agg(robust_accuracy=("value", "mean"), seconds=("seconds", "mean"), n=("n", "max"))
     table["robust_accuracy"] *= 100
     return table.reset_index()
@@ -69,6 +94,9 @@ def write_tables(records: pd.DataFrame, out: str | Path) -> dict[str, Path]:
     out = Path(out)
     main, detail = evasion_table(records), attack_table(records)
     text = "# Robustness vs accuracy (%)\n\nWorst case over the attack suite, per example.\n\n" + to_markdown(main)
+    flags = flags_table(records)
+    if not flags.empty:
+        text += "\n\n## Sanity flags\n\n" + to_markdown(flags)
     text += "\n\n## Per attack\n\n" + to_markdown(detail) + "\n"
     return {
         "md": atomic_write_bytes(out / "evasion.md", text.encode()),

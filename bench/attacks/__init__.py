@@ -5,16 +5,35 @@
 jitted inside, with x_adv in the threat model (eps-ball and [0, 1]) and the
 per-example best adversarial kept. Adding one: `bench/attacks/<name>.py`,
 `conf/attack/<name>.yaml`, and one line in ATTACKS below.
+
+Conventions beyond the signature (attributes, all optional):
+- factory `.norms`: the norms it supports when not all of them (C&W: ("l2",));
+  other norms raise a BenchError that names the norm.
+- attack `.gradient_free = True`: uses no gradients (Square); the evaluator's
+  black-box-beats-white-box check compares these with the others.
+- attack `.min_classes`: below this many classes the attack falls back to CE.
+- attack `.eot_samples`: draws averaged per gradient for stochastic models.
+- a stochastic model sets `logits_fn.stochastic = True` and takes (params, x, key).
 """
 
+from bench.attacks.apgd import apgd_ce, apgd_dlr
+from bench.attacks.apgd_t import apgd_t
+from bench.attacks.cw import cw
 from bench.attacks.fgsm import fgsm
 from bench.attacks.pgd import pgd
+from bench.attacks.square import square
 from bench.attacks.threat import Norm, ThreatModelViolation, check_threat_model
 
 # Every registered attack; the contract test in tests/test_attacks.py runs over this table.
 ATTACKS = {
     "fgsm": fgsm,
     "pgd": pgd,
+    "apgd_ce": apgd_ce,
+    "apgd_dlr": apgd_dlr,
+    "apgd_t": apgd_t,
+    "square": square,
+    "cw": cw,
 }
 
-__all__ = ["ATTACKS", "Norm", "ThreatModelViolation", "check_threat_model", "fgsm", "pgd"]
+__all__ = ["ATTACKS", "Norm", "ThreatModelViolation", "apgd_ce", "apgd_dlr", "apgd_t", "check_threat_model", "cw",
+           "fgsm", "pgd", "square"]

@@ -86,6 +86,23 @@ def random_in_ball(key: jax.Array, shape, norm: Norm, eps) -> jax.Array:
     return direction * _per_example(radius, direction)
 
 
+def is_stochastic(logits_fn) -> bool:
+    """A randomised model declares itself with `logits_fn.stochastic = True` and takes a key: (params, x, key)."""
+    return bool(getattr(logits_fn, "stochastic", False))
+
+
+def apply_logits(logits_fn, params, x, key):
+    """logits_fn(params, x), passing `key` only to a stochastic model (see `is_stochastic`)."""
+    if is_stochastic(logits_fn):
+        return logits_fn(params, x, key)
+    return logits_fn(params, x)
+
+
+def flat_norm(v: jax.Array, norm: Norm) -> jax.Array:
+    """Per-example norm of v, over all but the leading axis."""
+    return _flat_norm(v, norm)
+
+
 class ThreatModelViolation(BenchError):
     """An adversarial example outside its threat model: an error, never a number."""
 
@@ -126,7 +143,27 @@ def kl_to_target(logits, target_probs):
     return jnp.sum(target_probs * (jnp.log(jnp.clip(target_probs, 1e-12)) - log_p), axis=-1)
 
 
-LOSSES = {"ce": cross_entropy, "margin": margin, "kl": kl_to_target}
+def _true_logit(logits, labels):
+    return jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
+
+
+def dlr(logits, labels):
+    """Difference of logits ratio (Croce & Hein 2020): -(z_y - max_{j!=y} z_j) / (z_pi1 - z_pi3).
+
+    Invariant to shifting and rescaling the logits; needs at least 3 classes.
+    """
+    ranked = jnp.sort(logits, axis=-1)
+    return margin(logits, labels) / (ranked[:, -1] - ranked[:, -3] + 1e-12)
+
+
+def dlr_targeted(logits, labels, targets):
+    """Targeted DLR (Croce & Hein 2020): -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2); needs at least 4 classes."""
+    ranked = jnp.sort(logits, axis=-1)
+    scale = ranked[:, -1] - 0.5 * (ranked[:, -3] + ranked[:, -4]) + 1e-12
+    return -(_true_logit(logits, labels) - _true_logit(logits, targets)) / scale
+
+
+LOSSES = {"ce": cross_entropy, "margin": margin, "kl": kl_to_target, "dlr": dlr}
 
 
 def parse_loss(loss: str) -> str:

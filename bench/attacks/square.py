@@ -1,0 +1,136 @@
+"""Square attack (Andriushchenko, Croce, Flammarion & Hein 2020, "Square Attack: a query-efficient black-box
+adversarial attack via random search", ECCV).
+
+Score-based and gradient-free: random search over square-shaped updates, a
+candidate kept only if it lowers the margin z_y - max_{j!=y} z_j. The side of
+the square shrinks with the iteration as in the paper (p_init = 0.8, halved at
+iterations 10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000; counted in raw
+queries, as AutoAttack's standard version does). Only forward passes of the
+model are used. One iteration is one query per example; the loop stops once
+every example is misclassified.
+
+- L-inf: start from vertical stripes of +-eps; a square window of every channel
+  is set to a random +-eps (flipped when that would change nothing).
+- L2: start from +-1 stripes scaled to norm eps; each step moves the
+  perturbation mass of two random windows, plus any unused budget, into a new
+  centred pattern (1/(d+1)^2 in the Chebyshev distance d to the window centre)
+  with random sign per channel in the first window. This is a simpler version of
+  the paper's L2 update (which adds the new pattern to the old one); the search
+  keeps the same shape: norm ~ eps, mass concentrated in squares.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+
+from bench.attacks.threat import Norm, apply_logits, check_eps, flat_norm, margin, parse_norm, project
+from bench.errors import BenchError
+
+_HALVINGS = jnp.asarray([10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000])
+
+
+def _fraction(i, p_init):
+    """Share of the image a square covers at iteration i."""
+    return p_init / 2.0 ** jnp.sum(i > _HALVINGS)
+
+
+def _col(v, like):
+    return v.reshape((-1,) + (1,) * (like.ndim - 1))
+
+
+@partial(jax.jit, static_argnames=("logits_fn", "norm", "n_queries"))
+def square_core(logits_fn, params, x, y, key, eps, p_init, *, norm: Norm, n_queries: int):
+    """The jitted random search; returns x_adv (misclassified where found, else the lowest-margin point)."""
+    n, h, w, c = x.shape
+    rows = jnp.arange(h).reshape(1, h, 1, 1)
+    cols = jnp.arange(w).reshape(1, 1, w, 1)
+
+    def score(x_adv, k):
+        logits = apply_logits(logits_fn, params, x_adv, k)
+        return -margin(logits, y), jnp.argmax(logits, -1) != y  # z_y - max_{j!=y} z_j, lower is better
+
+    k_init, k_loop = jax.random.split(key)
+    stripes = jax.random.rademacher(k_init, (n, 1, w, c), dtype=x.dtype)
+    if norm == Norm.LINF:
+        delta = eps * jnp.broadcast_to(stripes, x.shape)
+    else:
+        delta = jnp.broadcast_to(stripes, x.shape)
+        delta = delta * _col(eps / jnp.maximum(flat_norm(delta, norm), 1e-12), x)
+    x_best = project(x, x + delta, norm, eps)
+    m_best, found = score(x_best, jax.random.fold_in(k_loop, 0))
+
+    def window(k, size):
+        k_r, k_c = jax.random.split(k)
+        top = jax.random.randint(k_r, (n, 1, 1, 1), 0, h - size + 1)
+        left = jax.random.randint(k_c, (n, 1, 1, 1), 0, w - size + 1)
+        inside = (rows >= top) & (rows < top + size) & (cols >= left) & (cols < left + size)
+        centre = (top + (size - 1) / 2.0, left + (size - 1) / 2.0)
+        return inside, jnp.maximum(jnp.abs(rows - centre[0]), jnp.abs(cols - centre[1]))
+
+    def candidate_linf(k, size, x_cur):
+        k_w, k_s = jax.random.split(k)
+        inside, _ = window(k_w, size)
+        signs = jax.random.rademacher(k_s, (n, 1, 1, c), dtype=x.dtype)
+        delta = x_cur - x
+        first = jnp.clip(x + jnp.where(inside, eps * signs, delta), 0.0, 1.0)
+        unchanged = jnp.sum(jnp.abs(first - x_cur), axis=(1, 2, 3)) < 1e-7
+        flipped = jnp.clip(x + jnp.where(inside, -eps * signs, delta), 0.0, 1.0)
+        return jnp.where(_col(unchanged, x), flipped, first)
+
+    def candidate_l2(k, size, x_cur):
+        k_1, k_2, k_s = jax.random.split(k, 3)
+        inside, dist = window(k_1, size)
+        other, _ = window(k_2, size)
+        delta = x_cur - x
+        both = inside | other
+        spare = jnp.maximum(eps ** 2 - flat_norm(delta, norm) ** 2, 0.0)
+        mass = jnp.sqrt(jnp.sum(jnp.where(both, delta, 0.0) ** 2, axis=(1, 2, 3)) + spare)
+        pattern = jnp.where(inside, 1.0 / (dist + 1.0) ** 2, 0.0) * jax.random.rademacher(k_s, (n, 1, 1, c), x.dtype)
+        pattern = pattern * _col(mass / jnp.maximum(flat_norm(pattern, norm), 1e-12), x)
+        return project(x, x + jnp.where(both, 0.0, delta) + pattern, norm, eps)
+
+    candidate = candidate_linf if norm == Norm.LINF else candidate_l2
+
+    def cond(s):
+        return (s[0] < n_queries) & ~jnp.all(s[3])
+
+    def body(s):
+        i, x_cur, m_cur, found = s
+        k = jax.random.fold_in(k_loop, i + 1)
+        size = jnp.sqrt(_fraction(i, p_init) * h * w).round().astype(jnp.int32)
+        size = jnp.clip(size, 1, max(h - 1, 1))
+        x_new = candidate(k, size, x_cur)
+        m_new, adv_new = score(x_new, jax.random.fold_in(k, 1))
+        accept = ~found & (m_new < m_cur)
+        x_cur = jnp.where(_col(accept, x), x_new, x_cur)
+        return i + 1, x_cur, jnp.where(accept, m_new, m_cur), found | (accept & adv_new)
+
+    _, x_best, _, _ = jax.lax.while_loop(cond, body, (0, x_best, m_best, found))
+    return x_best
+
+
+def square(*, norm: str = "linf", eps: float, n_queries: int = 5000, p_init: float = 0.8):
+    """Square attack `(logits_fn, params, x, y, key) -> x_adv`; no gradients.
+
+    Args:
+      norm: "linf" or "l2".
+      eps: radius of the threat model in [0, 1] pixel units.
+      n_queries: query budget per example (5000 in AutoAttack).
+      p_init: initial share of pixels a square covers (0.8 in AutoAttack).
+    """
+    norm = parse_norm(norm)
+    eps = check_eps(norm, eps)
+    if int(n_queries) < 1:
+        raise BenchError(f"Square needs n_queries >= 1, got {n_queries}")
+    if not 0 < float(p_init) <= 1:
+        raise BenchError(f"Square needs 0 < p_init <= 1, got {p_init}")
+    static = dict(norm=norm, n_queries=int(n_queries))
+
+    def attack(logits_fn, params, x, y, key):
+        return square_core(logits_fn, params, x, y, key, jnp.float32(eps), jnp.float32(p_init), **static)
+
+    attack.gradient_free = True
+    return attack

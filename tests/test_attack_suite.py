@@ -1,0 +1,238 @@
+"""The AutoAttack-style suite: attack strength, gradient-free Square, C&W, cumulative mode, and the sanity checks.
+
+Each sanity check trips on a model (or suite) built to trip it and stays silent on
+the clean trained model. Small on purpose: 64 digits examples, short attacks.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bench import evaluate
+from bench.attacks import ATTACKS, check_threat_model
+from bench.attacks.apgd import checkpoints
+from bench.attacks.cw import cw_core
+from bench.report import evasion_table, flags_table
+from bench.records import make_rows
+
+N = 64
+
+
+@pytest.fixture(scope="module")
+def small(trained_digits):
+    logits_fn, params, x, y = trained_digits
+    return logits_fn, params, x[:N], y[:N]
+
+
+def _robust(logits_fn, params, x_adv, y):
+    return float(np.mean(evaluate.predict(logits_fn, params, np.asarray(x_adv)) == y))
+
+
+def _tripped(results):
+    return {r["metric"] for r in results if r["evaluator"] == "sanity" and r["value"] > 0}
+
+
+def _evaluate(logits_fn, params, x, y, attacks, eps=(0.1, 0.3), **kwargs):
+    suite = evaluate.build_suite(attacks, "linf", list(eps))
+    kwargs.setdefault("sanity_examples", N)
+    results, per_example = evaluate.evaluate_evasion(logits_fn, params, x, y, suite, "linf", jax.random.key(0),
+                                                     batch_size=N, progress=False, **kwargs)
+    return results, per_example
+
+
+# Models built to trip one check each.
+def _rounding(logits_fn):
+    """Quantises the input: the gradient is zero everywhere (Carlini et al. 2019's classic masking)."""
+    return lambda p, x: logits_fn(p, jnp.round(x * 16) / 16)
+
+
+@jax.custom_vjp
+def _reverse_grad(x):
+    return x
+
+
+_reverse_grad.defvjp(lambda x: (x, None), lambda _, g: (-g,))
+
+
+def _misleading(logits_fn):
+    """Finite, non-zero gradients that point the wrong way: only the unbounded attack exposes it."""
+    return lambda p, x: logits_fn(p, _reverse_grad(x))
+
+
+def _softmax(logits_fn):
+    return lambda p, x: jax.nn.softmax(logits_fn(p, x))
+
+
+def _randomised(logits_fn):
+    def noisy(p, x, key):
+        return logits_fn(p, jnp.clip(x + 0.1 * jax.random.normal(key, x.shape), 0, 1))
+
+    noisy.stochastic = True
+    return noisy
+
+
+CHEAP = {"apgd_ce": functools.partial(ATTACKS["apgd_ce"], steps=20),
+         "square": functools.partial(ATTACKS["square"], n_queries=300)}
+
+
+def test_checkpoints_follow_the_paper():
+    # p: 0, 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99 -> ceil(p * 100)
+    assert checkpoints(100).tolist() == [22, 41, 57, 70, 80, 87, 93, 99]
+
+
+def test_apgd_at_least_as_strong_as_pgd(small):
+    logits_fn, params, x, y = small
+    xj, yj, key = jnp.asarray(x), jnp.asarray(y), jax.random.key(0)
+    pgd_acc = _robust(logits_fn, params, ATTACKS["pgd"](norm="linf", eps=0.1, steps=100)(logits_fn, params, xj, yj,
+                                                                                        key), y)
+    for name in ("apgd_ce", "apgd_t"):
+        extra = {"n_targets": 3} if name == "apgd_t" else {}
+        x_adv = ATTACKS[name](norm="linf", eps=0.1, **extra)(logits_fn, params, xj, yj, key)
+        check_threat_model(x, x_adv, "linf", 0.1)
+        assert _robust(logits_fn, params, x_adv, y) <= pgd_acc + 1 / N, name
+
+
+def test_square_uses_no_gradients_and_breaks_examples(small):
+    logits_fn, params, x, y = small
+
+    @jax.custom_vjp
+    def no_gradient(x):
+        return x
+
+    def refuse(*_):
+        raise AssertionError("Square asked for a gradient")
+
+    no_gradient.defvjp(lambda v: (v, None), refuse)
+
+    def guarded(p, v):
+        return logits_fn(p, no_gradient(v))
+
+    x_adv = ATTACKS["square"](norm="linf", eps=0.2, n_queries=300)(guarded, params, jnp.asarray(x), jnp.asarray(y),
+                                                                    jax.random.key(0))
+    check_threat_model(x, x_adv, "linf", 0.2)
+    assert _robust(logits_fn, params, x_adv, y) < evaluate.accuracy(logits_fn, params, x, y) - 0.3
+    x_l2 = ATTACKS["square"](norm="l2", eps=1.5, n_queries=300)(guarded, params, jnp.asarray(x), jnp.asarray(y),
+                                                                 jax.random.key(0))
+    check_threat_model(x, x_l2, "l2", 1.5)
+    assert _robust(logits_fn, params, x_l2, y) < evaluate.accuracy(logits_fn, params, x, y) - 0.1
+
+
+def test_cw_needs_less_l2_than_eps_bounded_pgd(small):
+    logits_fn, params, x, y = small
+    xj, yj, key, eps = jnp.asarray(x), jnp.asarray(y), jax.random.key(0), 1.0
+    pgd_adv = ATTACKS["pgd"](norm="l2", eps=eps, steps=50)(logits_fn, params, xj, yj, key)
+    pgd_broken = evaluate.predict(logits_fn, params, np.asarray(pgd_adv)) != y
+    pgd_dist = np.linalg.norm((np.asarray(pgd_adv) - x).reshape(N, -1), axis=1)
+    _, cw_dist = cw_core(logits_fn, params, xj, yj, key, 0.1, 0.01, 0.0, steps=100, binary_steps=6)
+    cw_dist = np.asarray(cw_dist)
+    both = pgd_broken & np.isfinite(cw_dist)
+    assert both.sum() >= 0.8 * pgd_broken.sum() > 0
+    assert np.median(cw_dist[both]) < 0.8 * np.median(pgd_dist[both])
+    with pytest.raises(Exception, match="norm"):
+        ATTACKS["cw"](norm="linf", eps=0.1)
+
+
+def test_cumulative_mode_logs_each_attack_and_matches_worst_case(small):
+    logits_fn, params, x, y = small
+    attacks = {"apgd_ce": CHEAP["apgd_ce"], "apgd_t": functools.partial(ATTACKS["apgd_t"], steps=20, n_targets=3)}
+    results, per_example = _evaluate(logits_fn, params, x, y, attacks, eps=(0.1,), cumulative=True, sanity=False)
+    cumulative = [r for r in results if r["metric"] == "cumulative_robust_accuracy"]
+    assert [r["evaluator"] for r in cumulative] == ["apgd_ce", "apgd_t"]
+    assert cumulative[0]["value"] >= cumulative[1]["value"]
+    worst = [r["value"] for r in results if r["evaluator"] == "worst_case"]
+    assert worst == [cumulative[-1]["value"]]
+    assert all(r["seconds"] > 0 for r in cumulative)
+    # Later attacks only remove examples: robust after apgd_t implies robust after apgd_ce.
+    assert not np.any(per_example[(0.1, "apgd_t")] & ~per_example[(0.1, "apgd_ce")])
+    assert np.array_equal(per_example[(0.1, "apgd_t")], per_example[(0.1, "worst_case")])
+
+
+def test_apgd_t_falls_back_to_ce_below_four_classes_and_says_so():
+    w = jax.random.normal(jax.random.key(0), (16, 3))
+
+    def three_classes(p, x):
+        return x.reshape(x.shape[0], -1) @ p
+
+    x = jax.random.uniform(jax.random.key(1), (8, 4, 4, 1))
+    y = jnp.argmax(three_classes(w, x), -1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results, _ = evaluate.evaluate_evasion(three_classes, w, np.asarray(x), np.asarray(y),
+                                               evaluate.build_suite({"apgd_t": ATTACKS["apgd_t"]}, "linf", [0.1]),
+                                               "linf", jax.random.key(0), progress=False, sanity=False)
+    assert any("cross-entropy" in str(c.message) for c in caught)
+    fallback = [r for r in results if r["metric"] == "fallback_ce"]
+    assert fallback and "cross-entropy" in fallback[0]["reason"]
+
+
+def test_sanity_checks_silent_on_a_clean_model_and_shown_in_the_table(small):
+    logits_fn, params, x, y = small
+    results, _ = _evaluate(logits_fn, params, x, y, CHEAP, cumulative=True)
+    checks = {r["metric"] for r in results if r["evaluator"] == "sanity"}
+    assert {"zero_gradients", "nondeterministic", "probability_outputs", "black_box_beats_white_box",
+            "unbounded_attack_fails", "eps_not_monotone", "not_converged"} <= checks
+    assert _tripped(results) == set(), [r["reason"] for r in results if r["evaluator"] == "sanity" and r["value"]]
+    context = dict(scenario="evasion", dataset="digits", model="cnn_small", defense="standard", run_id="r",
+                   config_hash="h", git_rev="g", versions="{}", seed=0, data_fingerprint="f", created=1.0)
+    assert "flags" not in evasion_table(make_rows(results, context)).columns  # shown only when a check trips
+
+
+def test_rounding_model_trips_gradient_unbounded_and_black_box_checks(small):
+    logits_fn, params, x, y = small
+    results, _ = _evaluate(_rounding(logits_fn), params, x, y, CHEAP, cumulative=True)
+    tripped = _tripped(results)
+    assert {"zero_gradients", "unbounded_attack_fails", "black_box_beats_white_box"} <= tripped
+    context = dict(scenario="evasion", dataset="digits", model="rounded", defense="standard", run_id="r",
+                   config_hash="h", git_rev="g", versions="{}", seed=0, data_fingerprint="f", created=1.0)
+    frame = make_rows(results, context)
+    assert "zero_gradients" in evasion_table(frame)["flags"][0]
+    assert flags_table(frame)["reason"].str.len().gt(0).all()
+
+
+def test_misleading_gradients_trip_the_unbounded_check_only_there(small):
+    logits_fn, params, x, y = small
+    lying = _misleading(logits_fn)
+    trip, reason = evaluate.check_unbounded(lying, params, x, y, evaluate.Norm.LINF, jax.random.key(0), N)
+    assert trip, reason
+    assert not evaluate.check_gradients(lying, params, x, y, jax.random.key(0))[0]
+    assert not evaluate.check_unbounded(logits_fn, params, x, y, evaluate.Norm.LINF, jax.random.key(0), N)[0]
+
+
+def test_softmax_outputs_trip_the_probability_check(small):
+    logits_fn, params, x, _ = small
+    assert evaluate.check_probabilities(_softmax(logits_fn), params, x, jax.random.key(0))[0]
+    assert not evaluate.check_probabilities(logits_fn, params, x, jax.random.key(0))[0]
+
+
+def test_randomised_model_trips_determinism_check_unless_the_suite_uses_eot(small):
+    logits_fn, params, x, _ = small
+    noisy = _randomised(logits_fn)
+    assert evaluate.check_determinism(noisy, params, x, jax.random.key(0), uses_eot=False)[0]
+    assert not evaluate.check_determinism(noisy, params, x, jax.random.key(0), uses_eot=True)[0]
+    assert not evaluate.check_determinism(logits_fn, params, x, jax.random.key(0), uses_eot=False)[0]
+    # EOT attacks run on it and stay in the ball.
+    attack = ATTACKS["apgd_ce"](norm="linf", eps=0.1, steps=5, eot_samples=4)
+    assert attack.eot_samples == 4
+    check_threat_model(x, attack(noisy, params, jnp.asarray(x), jnp.asarray(evaluate.predict(noisy, params, x)),
+                                 jax.random.key(0)), "linf", 0.1)
+
+
+def test_weak_attack_trips_convergence_check_and_broken_attack_trips_monotonicity(small):
+    logits_fn, params, x, y = small
+    weak = {"pgd": functools.partial(ATTACKS["pgd"], steps=1, step_size=0.05, random_start=False)}
+    results, _ = _evaluate(logits_fn, params, x, y, weak, eps=(0.3,), cumulative=False)
+    assert "not_converged" in _tripped(results)
+
+    def no_op(norm, eps):
+        return lambda logits_fn, params, x, y, key: x
+
+    suite = {(0.1, "a"): ATTACKS["pgd"](norm="linf", eps=0.1, steps=10), (0.3, "a"): no_op("linf", 0.3)}
+    results, _ = evaluate.evaluate_evasion(logits_fn, params, x, y, suite, "linf", jax.random.key(0), batch_size=N,
+                                           progress=False, sanity_examples=N)
+    assert "eps_not_monotone" in _tripped(results)
