@@ -106,11 +106,17 @@ def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     choices = dict(HydraConfig.get().runtime.choices)
     try:
-        frame = run(cfg, run_dir, choices)
+        if cfg.scenario.name == "privacy":  # its own pipeline and table: bench/privacy
+            from bench.privacy import report as privacy_report
+            from bench.privacy.run import run_privacy
+
+            frame, table = run_privacy(cfg, run_dir, choices), privacy_report.privacy_table
+        else:
+            frame, table = run(cfg, run_dir, choices), report.evasion_table
     except BenchError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    print(report.to_markdown(report.evasion_table(frame)))
+    print(report.to_markdown(table(frame)))
     print(f"records: {run_dir / records.RECORDS_FILE}")
 
 

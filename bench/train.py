@@ -72,22 +72,38 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 
 def train(objective: Callable, params, optimizer: optax.GradientTransformation, x_train: np.ndarray,
           y_train: np.ndarray, *, epochs: int, batch_size: int, key: jax.Array,
-          eval_fn: Callable[[dict], dict] | None = None, progress: bool = True):
+          eval_fn: Callable[[dict], dict] | None = None, progress: bool = True,
+          grad_fn: Callable[[Callable], Callable] | None = None,
+          sampler: Callable[[int, np.random.Generator], list[np.ndarray]] | None = None):
     """Minimise `objective` over `epochs` passes of seeded shuffled mini-batches.
 
     Returns (params, history) where history has one dict per epoch: mean loss,
     the objective's aux metrics, and whatever `eval_fn(params)` returns. If that
     dict has a non-empty "stop" entry (a reason), training stops after this epoch
     (early stopping, e.g. on catastrophic overfitting); the reason stays in history.
+
+    Two hooks put a gradient transformation on top of the objective (DP-SGD,
+    `bench.defenses.dp_sgd`); without them training is as described above:
+    - `grad_fn(objective)` returns `(params, batch, key, step, is_padding) ->
+      ((loss, aux), grads)`; default `jax.value_and_grad(objective)`.
+    - `sampler(epoch, rng)` returns that epoch's batches as index arrays into
+      x_train, -1 marking padding (`is_padding`); default a fresh permutation cut
+      into full batches of `batch_size`.
     """
     if int(epochs) < 0:
         raise BenchError(f"epochs must be >= 0, got {epochs}")
     n = len(y_train)
     per_epoch = steps_per_epoch(n, batch_size)
 
+    if grad_fn is None:
+        value_and_grad = lambda params, batch, key, step, is_padding: jax.value_and_grad(objective, has_aux=True)(
+            params, batch, key, step)
+    else:
+        value_and_grad = grad_fn(objective)
+
     @jax.jit
-    def train_step(params, opt_state, x, y, key, step):
-        (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(params, (x, y), key, step)
+    def train_step(params, opt_state, x, y, is_padding, key, step):
+        (loss, aux), grads = value_and_grad(params, (x, y), key, step, is_padding)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss, aux
 
@@ -98,12 +114,18 @@ def train(objective: Callable, params, optimizer: optax.GradientTransformation, 
     bar = tqdm(total=epochs * per_epoch, desc="train", disable=not progress, mininterval=1.0, leave=False)
     step = 0
     for epoch in range(epochs):
-        order = rng.permutation(n)
+        if sampler is None:
+            order = rng.permutation(n)
+            batches = [order[b * batch_size : (b + 1) * batch_size] for b in range(per_epoch)]
+        else:
+            batches = sampler(epoch, rng)
         losses, auxes = [], []
-        for b in range(per_epoch):
-            idx = order[b * batch_size : (b + 1) * batch_size]
+        for idx in batches:
+            is_padding = idx < 0
+            idx = np.where(is_padding, 0, idx)
             params, opt_state, loss, aux = train_step(
-                params, opt_state, x_train[idx], y_train[idx], jax.random.fold_in(step_key, step), jnp.int32(step)
+                params, opt_state, x_train[idx], y_train[idx], is_padding, jax.random.fold_in(step_key, step),
+                jnp.int32(step)
             )
             losses.append(loss)
             auxes.append(aux)

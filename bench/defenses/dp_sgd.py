@@ -1,0 +1,152 @@
+"""DP-SGD (Abadi et al. 2016, "Deep Learning with Differential Privacy", arXiv:1607.00133) from jax-privacy.
+
+Not a training loop of its own: the three pieces plug into `bench.train.train`
+around any defense objective `(params, batch, key, step) -> (loss, aux)`:
+
+- `clipped_value_and_grad(clip_norm)`: the `grad_fn` hook; per-example
+  gradients of the objective clipped to L2 norm `clip_norm` and summed
+  (`jax_privacy.clipped_grad`; padding examples contribute zero).
+- `dp_optimizer(...)`: an optax chain of `jax_privacy.noise_addition.gaussian_privatizer`
+  (N(0, (sigma * clip_norm)^2) per coordinate on the clipped sum), division by
+  the expected batch size q*n, then any optax optimizer (DP-SGD, DP-Adam, ...).
+- `PoissonSampler`: the `sampler` hook; Poisson batches of
+  `jax_privacy.batch_selection.CyclicPoissonSampling` (each example joins each
+  step independently with probability q), padded with -1 to a multiple of
+  `pad_multiple` so that only a few batch shapes are compiled.
+
+`plan` turns the configured budget (noise multiplier or target epsilon, batch
+size or sampling rate, epochs or steps, delta) into numbers; accounting is in
+`bench.privacy.accounting` (dp-accounting, add-or-remove-one neighbours).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax_privacy import batch_selection, clipped_grad
+from jax_privacy.noise_addition import gaussian_privatizer
+
+from bench.errors import BenchError
+from bench.privacy import accounting
+
+
+class DpPlan(NamedTuple):
+    clip_norm: float
+    noise_multiplier: float  # sigma: noise std / clip_norm
+    q: float  # Poisson sampling rate
+    steps: int
+    delta: float
+    n: int
+    steps_per_epoch: int  # round(1 / q): one expected pass over the data
+
+    @property
+    def expected_batch_size(self) -> float:
+        return self.q * self.n
+
+    @property
+    def epochs(self) -> int:
+        """Passes of `steps_per_epoch` steps for `bench.train.train` (the last may be shorter)."""
+        return math.ceil(self.steps / self.steps_per_epoch)
+
+
+def plan(n: int, *, clip_norm: float, batch_size: int | None = None, sampling_rate: float | None = None,
+         epochs: float | None = None, steps: int | None = None, noise_multiplier: float | None = None,
+         target_epsilon: float | None = None, delta: float | None = None,
+         accountant: str = "pld") -> DpPlan:
+    """The DP-SGD numbers from a budget: give one of batch_size/sampling_rate, epochs/steps, noise_multiplier/target_epsilon.
+
+    delta defaults to `accounting.default_delta(n)`; with `target_epsilon`, sigma is
+    calibrated with `accountant` so that its epsilon is at most the target.
+    """
+    if clip_norm is None or not clip_norm > 0:
+        raise BenchError(f"clip_norm must be > 0, got {clip_norm}")
+    if (batch_size is None) == (sampling_rate is None):
+        raise BenchError("give exactly one of batch_size (expected) and sampling_rate")
+    q = float(sampling_rate) if sampling_rate is not None else float(batch_size) / n
+    if not 0 < q <= 1:
+        raise BenchError(f"sampling rate must be in (0, 1], got {q} (batch_size {batch_size}, n {n})")
+    if (epochs is None) == (steps is None):
+        raise BenchError("give exactly one of epochs and steps")
+    steps = int(steps) if steps is not None else math.ceil(float(epochs) / q)
+    if steps < 1:
+        raise BenchError(f"DP-SGD needs at least one step, got {steps}")
+    delta = accounting.default_delta(n) if delta is None else float(delta)
+    if (noise_multiplier is None) == (target_epsilon is None):
+        raise BenchError("give exactly one of noise_multiplier and target_epsilon")
+    if target_epsilon is not None:
+        noise_multiplier = accounting.calibrate_sigma(float(target_epsilon), delta, q, steps, accountant)
+    if not noise_multiplier > 0:
+        raise BenchError(f"noise_multiplier must be > 0 for a finite epsilon, got {noise_multiplier}")
+    return DpPlan(float(clip_norm), float(noise_multiplier), q, steps, delta, int(n), max(1, round(1 / q)))
+
+
+def clipped_value_and_grad(clip_norm: float) -> Callable[[Callable], Callable]:
+    """The `grad_fn` hook of `bench.train.train`: objective -> per-example clipped, summed gradients.
+
+    The returned function maps `(params, batch, key, step, is_padding)` to
+    `((loss, aux), grad_sum)` where grad_sum is the sum over real examples of
+    each example's objective gradient clipped to L2 norm `clip_norm` (its L2
+    sensitivity to adding or removing one example is `clip_norm`), loss and aux
+    are means over the real examples. The objective sees one example at a time
+    (batch axis of size 1) with its own key.
+    """
+
+    def transform(objective):
+        clipped = clipped_grad(objective, argnums=0, has_aux=True, l2_clip_norm=clip_norm, batch_argnums=1,
+                               return_values=True, prng_argnum=2)
+
+        def value_and_grad(params, batch, key, step, is_padding):
+            grads, out = clipped(params, batch, key, step, is_padding_example=is_padding)
+            real = (~is_padding).astype(jnp.float32)
+            count = jnp.maximum(real.sum(), 1.0)
+            mean = lambda v: (v.reshape(real.shape[0], -1).mean(-1) * real).sum() / count
+            return (mean(out.values), jax.tree.map(mean, out.aux)), grads
+
+        return value_and_grad
+
+    return transform
+
+
+def dp_optimizer(optimizer: optax.GradientTransformation, *, clip_norm: float, noise_multiplier: float,
+                 expected_batch_size: float, key: jax.Array) -> optax.GradientTransformation:
+    """Gaussian noise of std noise_multiplier * clip_norm on the clipped sum, / expected batch size, then `optimizer`.
+
+    The noise key lives in the optimizer state (jax_privacy's privatizer), so
+    `init` with another key gives independent noise and the same `update`.
+    """
+    return optax.chain(gaussian_privatizer(stddev=noise_multiplier * clip_norm, prng_key=key),
+                       optax.scale(1.0 / expected_batch_size), optimizer)
+
+
+class PoissonSampler:
+    """The `sampler` hook of `bench.train.train`: Poisson batches, `steps_per_epoch` per call, -1 as padding.
+
+    Counts the steps it handed out (`steps_taken`), which is what the
+    accountant composes.
+    """
+
+    def __init__(self, n: int, q: float, steps: int, steps_per_epoch: int, pad_multiple: int = 32):
+        if int(pad_multiple) < 1:
+            raise BenchError(f"pad_multiple must be >= 1, got {pad_multiple}")
+        self.n, self.steps, self.steps_per_epoch, self.pad_multiple = int(n), int(steps), int(steps_per_epoch), int(pad_multiple)
+        self.strategy = batch_selection.CyclicPoissonSampling(
+            sampling_prob=float(q), iterations=int(steps), partition_type=batch_selection.PartitionType.INDEPENDENT)
+        self.steps_taken = 0
+        self._batches = None
+
+    def __call__(self, epoch: int, rng: np.random.Generator) -> list[np.ndarray]:
+        if self._batches is None:
+            self._batches = self.strategy.batch_iterator(self.n, rng=rng)
+        out = []
+        for idx in itertools.islice(self._batches, self.steps_per_epoch):
+            idx = batch_selection.pad_to_multiple_of(np.asarray(idx, np.int64), self.pad_multiple)
+            out.append(idx if idx.size else np.full(self.pad_multiple, -1, np.int64))  # an empty step still adds noise
+        self.steps_taken += len(out)
+        return out
