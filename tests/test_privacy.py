@@ -116,3 +116,123 @@ def test_poisson_sampler_pads_and_counts_steps():
         assert np.all(idx[len(real):] == -1) and len(np.unique(real)) == len(real) and real.max() < 1000
         sizes.append(len(real))
     assert 35 < np.mean(sizes) < 65  # expected 50
+
+
+# --- membership inference and auditing ---------------------------------------------------------------------------
+
+def _fit_mlp(x, y, epochs, key, hidden=(64,)):
+    from bench import train
+
+    model = models.mlp(10, (0.3,), (0.3,), hidden=hidden)
+    logits_fn = models.make_logits_fn(model)
+    params = models.init_params(model, jax.random.key(key), x.shape[1:])
+    opt = train.make_optimizer("adam", 3e-3, "constant", 1)
+    params, _ = train.train(standard(logits_fn), params, opt, x, y, epochs=epochs, batch_size=50,
+                            key=jax.random.key(key + 1), progress=False)
+    return logits_fn, params
+
+
+@pytest.fixture(scope="module")
+def digit_splits(digits_data):
+    """Three disjoint sets of 200 digits: A (the target's training set), B (held out), C (a third party's)."""
+    d = digits_data
+    x, y = np.concatenate([d.x_train, d.x_test]), np.concatenate([d.y_train, d.y_test])
+    order = np.random.default_rng(0).permutation(len(y))
+    return [(x[order[i * 200:(i + 1) * 200]], y[order[i * 200:(i + 1) * 200]]) for i in range(3)]
+
+
+def test_membership_inference_separates_an_overfit_model_and_not_an_unrelated_one(digit_splits):
+    from bench.privacy import membership, shadow
+
+    (xa, ya), (xb, yb), (xc, yc) = digit_splits
+    logits_fn, overfit = _fit_mlp(xa, ya, epochs=60, key=0)
+    _, unrelated = _fit_mlp(xc, yc, epochs=60, key=0)  # never saw A or B
+
+    def loss_auc(params):
+        la, _ = membership.loss_and_confidence(logits_fn, params, xa, ya)
+        lb, _ = membership.loss_and_confidence(logits_fn, params, xb, yb)
+        return membership.attack_metrics(membership.loss_threshold_scores(la), membership.loss_threshold_scores(lb))
+
+    assert loss_auc(overfit)["auc"] > 0.6
+    assert abs(loss_auc(unrelated)["auc"] - 0.5) < 0.08
+
+    # LiRA with 8 shadows trained together (vmap) on random halves of A and B.
+    x_pop, y_pop = np.concatenate([xa, xb]), np.concatenate([ya, yb])
+    keep = membership.random_halves(8, 400, np.random.default_rng(1))
+    assert np.all(keep.sum(0) == 4) and np.all(keep.sum(1) == 200)
+    model = models.mlp(10, (0.3,), (0.3,), hidden=(64,))
+    from bench import train
+
+    stacked = shadow.train_shadows(standard(logits_fn), lambda k: models.init_params(model, k, xa.shape[1:]),
+                                   lambda k: train.make_optimizer("adam", 3e-3, "constant", 1), x_pop, y_pop, keep,
+                                   epochs=60, batch_size=50, key=jax.random.key(2))
+    shadow_conf = shadow.shadow_confidences(logits_fn, stacked, x_pop, y_pop)
+    is_member = np.r_[np.ones(200, bool), np.zeros(200, bool)]
+    for params, overfit_model in ((overfit, True), (unrelated, False)):
+        _, conf = membership.loss_and_confidence(logits_fn, params, x_pop, y_pop)
+        for online in (False, True):
+            for fixed in (False, True):
+                s = membership.lira_scores(conf, shadow_conf, keep, online=online, fixed_variance=fixed)
+                m = membership.attack_metrics(s[is_member], s[~is_member])
+                if overfit_model:
+                    assert m["auc"] > 0.6 and m["tpr_at_1%_fpr"] > 0.03, (online, fixed, m)
+                else:
+                    assert abs(m["auc"] - 0.5) < 0.1, (online, fixed, m)
+
+
+def test_attack_metrics_on_known_scores():
+    from bench.privacy import membership
+
+    rng = np.random.default_rng(0)
+    same = membership.attack_metrics(rng.normal(size=5000), rng.normal(size=5000))
+    assert abs(same["auc"] - 0.5) < 0.03 and same["tpr_at_1%_fpr"] < 0.03
+    apart = membership.attack_metrics(rng.normal(3, 1, 5000), rng.normal(size=5000))
+    assert apart["auc"] == pytest.approx(stats.norm.cdf(3 / np.sqrt(2)), abs=0.01)
+    assert apart["balanced_accuracy"] == pytest.approx(stats.norm.cdf(1.5), abs=0.02)
+    assert apart["tpr_at_1%_fpr"] == pytest.approx(stats.norm.sf(stats.norm.isf(0.01) - 3), abs=0.05)
+
+
+def test_audit_bound_and_invariant():
+    from bench.privacy import audit
+
+    rng = np.random.default_rng(0)
+    included = rng.random(1000) < 0.5
+    losses = np.where(included, 0.0, 5.0)  # a model that memorises every included canary
+    found = audit.audit(losses, included, delta=1e-5)
+    assert found["auc"] == 1.0 and found["epsilon_lower_bound"] > 2.0
+    audit.check_invariant(found["epsilon_lower_bound"], 50.0)
+    with pytest.raises(audit.PrivacyViolation):
+        audit.check_invariant(found["epsilon_lower_bound"], 1.0)
+    blind = audit.audit(rng.normal(size=1000), included, delta=1e-5)
+    assert blind["epsilon_lower_bound"] < 0.5
+
+
+def test_privacy_run_records_the_epsilon_dp_accounting_gives(tmp_path):
+    """End to end on digits: the recorded epsilons are dp-accounting's for the recorded events; audit <= epsilon."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from bench.privacy.run import run_privacy
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base=None):
+        cfg = compose(config_name="config", overrides=[
+            "scenario=privacy", "dataset=digits", "model=mlp", "model.hidden=[32]", "progress=false",
+            "train.learning_rate=3e-3", "scenario.dp.batch_size=128", "scenario.dp.epochs=2",
+            "scenario.dp.target_epsilon=2.0", "scenario.membership.lira.shadows=0", "scenario.audit.canaries=200",
+            "scenario.membership.n_members=300"])
+    frame = run_privacy(cfg, tmp_path, {"model": "mlp", "defense": "standard"})
+    assert (tmp_path / "records.parquet").exists()
+    get = lambda ev, metric: float(frame[(frame.evaluator == ev) & (frame.metric == metric)].value.iloc[0])
+    q, sigma, steps, delta = (get("accountant_pld", m) for m in ("sampling_rate", "noise_multiplier", "steps", "delta"))
+    assert delta == 1e-5 and steps == math.ceil(2 / q)
+    assert set(frame[frame.evaluator.str.startswith("accountant")].relation) == {"add_or_remove_one"}
+    event = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma))
+    direct_pld = dp_accounting.pld.PLDAccountant().compose(event, int(steps)).get_epsilon(delta)
+    direct_rdp = dp_accounting.rdp.RdpAccountant().compose(event, int(steps)).get_epsilon(delta)
+    assert abs(get("accountant_pld", "epsilon") - direct_pld) < 1e-9
+    assert abs(get("accountant_rdp", "epsilon") - direct_rdp) < 1e-9
+    assert direct_pld <= 2.0
+    assert get("canary_audit", "epsilon_lower_bound") <= direct_pld
+    assert 0.0 <= get("loss_threshold", "auc") <= 1.0 and get("utility", "test_accuracy") > 0.3
