@@ -9,6 +9,7 @@ Examples:
 
 from __future__ import annotations
 
+import inspect
 import sys
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ import hydra
 import jax
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from bench import evaluate, models, records, train
@@ -41,7 +42,11 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict) -> "records.pd.DataFrame"
     model = instantiate(cfg.model, num_classes=data.num_classes, mean=data.mean, std=data.std)
     logits_fn = models.make_logits_fn(model)
     params = models.init_params(model, init_key, data.image_shape)
-    objective = instantiate(cfg.defense, logits_fn=logits_fn)
+    # Certified training needs the layer structure: a defense whose factory takes `model` gets the Flax model
+    # (passed to the partial, since OmegaConf cannot merge a Flax module, a dataclass, into a config).
+    wants_model = "model" in inspect.signature(get_object(cfg.defense._target_)).parameters
+    defense_kwargs = {"model": model} if wants_model else {}
+    objective = instantiate(cfg.defense, _partial_=True)(logits_fn=logits_fn, **defense_kwargs)
 
     t = cfg.train
     x_train, y_train = data.x_train, data.y_train

@@ -1,0 +1,200 @@
+"""The layer list that bound propagation walks, read off a Flax `ConvNet` and its params.
+
+A network is a tuple of hashable layer specs (so it can be a static argument of
+`jit`); the weights stay in the Flax params dict and are looked up by name, so
+the same network serves every set of params and gradients flow into them.
+
+Supported layers: `Normalize` (per-channel (x - mean) / std), `Conv` (any
+stride; padding SAME, VALID or explicit pairs), `Flatten`, `Dense`, `ReLU`.
+`network_from_model` reads `bench.models.ConvNet`; any other model, or any other
+layer type in a hand-written list, is a BenchError naming what is supported.
+Every affine layer offers its linear part, its offset and the linear part with
+a function applied to its weights (|W| for interval arithmetic, W*W for L2 row
+norms); the transpose of the linear part comes from `jax.linear_transpose`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from bench.errors import BenchError
+
+_CONV_DIMS = ("NHWC", "HWIO", "NHWC")
+
+
+class Normalize(NamedTuple):
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def linear(self, params, x, weight_fn=lambda w: w):
+        return x * weight_fn(1.0 / jnp.asarray(self.std, x.dtype))
+
+    def offset(self, params):
+        return -jnp.asarray(self.mean, jnp.float32) / jnp.asarray(self.std, jnp.float32)
+
+
+class Conv(NamedTuple):
+    name: str
+    stride: int
+    padding: str | tuple[tuple[int, int], tuple[int, int]]
+
+    def linear(self, params, x, weight_fn=lambda w: w):
+        kernel = weight_fn(params[self.name]["kernel"])
+        return jax.lax.conv_general_dilated(x, kernel, (self.stride, self.stride), self.padding,
+                                            dimension_numbers=_CONV_DIMS)
+
+    def offset(self, params):
+        return params[self.name]["bias"]
+
+
+class Dense(NamedTuple):
+    name: str
+
+    def linear(self, params, x, weight_fn=lambda w: w):
+        return x @ weight_fn(params[self.name]["kernel"])
+
+    def offset(self, params):
+        return params[self.name]["bias"]
+
+
+class Flatten(NamedTuple):
+    def linear(self, params, x, weight_fn=lambda w: w):
+        return x.reshape(x.shape[0], -1)
+
+    def offset(self, params):
+        return jnp.zeros((), jnp.float32)
+
+
+class ReLU(NamedTuple):
+    pass
+
+
+AFFINE = (Normalize, Conv, Dense, Flatten)
+# Layers whose linear part mixes inputs (each output sums several inputs); the others are diagonal or a permutation.
+MIXING = (Conv, Dense)
+Network = tuple
+
+
+def network_from_model(model) -> Network:
+    """The layer list of a `bench.models.ConvNet` (Normalize, [Conv, ReLU]*, Flatten, [Dense, ReLU]*, Dense)."""
+    from bench.models import ConvNet
+
+    if not isinstance(model, ConvNet):
+        raise BenchError(f"certification reads bench.models.ConvNet models (Normalize, Conv, Flatten, Dense, ReLU); "
+                         f"got {type(model).__name__}. Build the model with bench.models or pass a layer list")
+    layers: list = [Normalize(tuple(float(m) for m in model.mean), tuple(float(s) for s in model.std))]
+    for i, (_, _, stride, padding) in enumerate(model.convs):
+        if isinstance(padding, str):
+            if padding.upper() not in ("SAME", "VALID"):
+                raise BenchError(f"conv padding '{padding}' is not supported by the certifiers; "
+                                 "use SAME, VALID or an int")
+            pad = padding.upper()
+        else:
+            pad = ((int(padding), int(padding)), (int(padding), int(padding)))
+        layers += [Conv(f"Conv_{i}", int(stride), pad), ReLU()]
+    layers.append(Flatten())
+    for i, _ in enumerate(model.dense):
+        layers += [Dense(f"Dense_{i}"), ReLU()]
+    layers.append(Dense(f"Dense_{len(model.dense)}"))
+    return tuple(layers)
+
+
+def as_network(network_or_model) -> Network:
+    """A validated layer tuple from a ConvNet or from a sequence of layer specs."""
+    if isinstance(network_or_model, (tuple, list)):
+        layers = tuple(network_or_model)
+        for layer in layers:
+            if not isinstance(layer, AFFINE + (ReLU,)):
+                raise BenchError(f"unsupported layer {layer!r} for certification; supported: Normalize, Conv, "
+                                 "Flatten, Dense, ReLU (bench.certify.network)")
+        if not layers or isinstance(layers[-1], ReLU):
+            raise BenchError("a network for certification must end with an affine layer (the logits)")
+        return layers
+    return network_from_model(network_or_model)
+
+
+def blocks(network: Network) -> tuple[tuple, ...]:
+    """The affine blocks between ReLUs: block k's output is the pre-activation of ReLU k."""
+    out, current = [], []
+    for layer in network:
+        if isinstance(layer, ReLU):
+            out.append(tuple(current))
+            current = []
+        else:
+            current.append(layer)
+    out.append(tuple(current))
+    return tuple(out)
+
+
+def check_params(network: Network, params) -> None:
+    """Raise BenchError when a layer's weights are missing from params."""
+    for layer in network:
+        name = getattr(layer, "name", None)
+        if name is not None and name not in params:
+            raise BenchError(f"params have no '{name}' (have {sorted(params)}); "
+                             "the layer list does not match the model")
+
+
+def apply_block(block: Sequence, params, x, weight_fn: Callable | None = None):
+    """The block's affine map (weight_fn None), or its linear part with weight_fn applied to every weight."""
+    for layer in block:
+        if weight_fn is None:
+            x = layer.linear(params, x) + layer.offset(params)
+        else:
+            x = layer.linear(params, x, weight_fn)
+    return x
+
+
+def forward(network: Network, params, x):
+    """Logits of the layer list; equals the Flax model's output."""
+    for layer in network:
+        x = jax.nn.relu(x) if isinstance(layer, ReLU) else layer.linear(params, x) + layer.offset(params)
+    return x
+
+
+def num_logits(network: Network, params, x) -> int:
+    """The number of outputs of the network (static)."""
+    spec = jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype)
+    return jax.eval_shape(lambda v: forward(network, params, v), spec).shape[-1]
+
+
+def block_input_shapes(net_blocks, params, x) -> list[tuple[int, ...]]:
+    """The per-example input shape of every block (static)."""
+    shapes = [tuple(x.shape[1:])]
+    for block in net_blocks[:-1]:
+        spec = jax.ShapeDtypeStruct((1, *shapes[-1]), x.dtype)
+        shapes.append(tuple(jax.eval_shape(lambda v, block=block: apply_block(block, params, v), spec).shape[1:]))
+    return shapes
+
+
+def transpose_block(block: Sequence, params, coeffs, in_shape):
+    """Back-substitute linear coefficients on a block's output through the block.
+
+    coeffs: (n, S, *out_shape) coefficients of S linear functions of the block's
+    output. Returns (coeffs on the block's input (n, S, *in_shape), constant (n, S)).
+    """
+    n, s = coeffs.shape[:2]
+    const = jnp.zeros((n, s), coeffs.dtype)
+    shapes = [tuple(in_shape)]
+    for layer in block[:-1]:
+        shapes.append(jax.eval_shape(lambda v, layer=layer: layer.linear(params, v),
+                                     jax.ShapeDtypeStruct((1, *shapes[-1]), coeffs.dtype)).shape[1:])
+    for layer, shape in zip(reversed(block), reversed(shapes)):
+        out_ndim = coeffs.ndim - 2
+        const = const + jnp.sum(coeffs * layer.offset(params), axis=tuple(range(2, 2 + out_ndim)))
+        flat = coeffs.reshape((n * s,) + coeffs.shape[2:])
+        transpose = jax.linear_transpose(lambda v, layer=layer: layer.linear(params, v),
+                                         jax.ShapeDtypeStruct((n * s, *shape), coeffs.dtype))
+        (flat,) = transpose(flat)
+        coeffs = flat.reshape((n, s) + tuple(shape))
+    return coeffs, const
+
+
+def margin_spec(y, num_classes: int, dtype=jnp.float32):
+    """C with C[i, j] = e_{y_i} - e_j: the margins logit_y - logit_j as linear functions of the logits."""
+    onehot_y = jax.nn.one_hot(y, num_classes, dtype=dtype)
+    return onehot_y[:, None, :] - jnp.eye(num_classes, dtype=dtype)[None]

@@ -1,0 +1,123 @@
+"""Certified training: IBP (Gowal et al. 2018) and CROWN-IBP (Zhang et al. 2020).
+
+Both minimise kappa * CE(z(x), y) + (1 - kappa) * CE(z_worst, y), where
+z_worst_j = -margin_lower_j is the worst-case logit vector implied by lower
+bounds on the margins logit_y - logit_j over the eps-ball ∩ [0, 1] (0 for the
+true class). The training epsilon ramps linearly from 0 to `eps` over
+`ramp_steps` after `warmup_steps` steps of clean training, and kappa moves
+linearly from `kappa_start` to `kappa_end` over the same ramp (Gowal et al.: 1
+to 0.5). CROWN-IBP uses beta * CROWN-IBP bound + (1 - beta) * IBP bound, with
+beta from `beta_start` to `beta_end` over the ramp (Zhang et al.: 1 to 0); the
+CROWN-IBP pass is skipped (lax.cond) once beta reaches 0.
+
+Bounds need the layer structure, so these factories take the Flax model
+(`model=`, passed by the entry point) as well as `logits_fn`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from bench.attacks.threat import check_eps, parse_norm
+from bench.certify.crown import Intermediate, LowerSlope, crown_margin_lower
+from bench.certify.ibp import ibp_margin_lower
+from bench.certify.network import as_network
+from bench.errors import BenchError
+
+
+def ramp(step, warmup_steps: int, ramp_steps: int):
+    """Fraction of the schedule done at `step`: 0 during warm-up, then linear to 1 over `ramp_steps`."""
+    done = (step - warmup_steps) / max(int(ramp_steps), 1)
+    return jnp.clip(jnp.asarray(done, jnp.float32), 0.0, 1.0)
+
+
+def worst_case_logits(margin_lower, y):
+    """Logits -margin_lower with 0 at the true class (Gowal et al.'s z_hat)."""
+    return jnp.where(jax.nn.one_hot(y, margin_lower.shape[-1], dtype=bool), 0.0, -margin_lower)
+
+
+def _check(model, eps, norm, warmup_steps, ramp_steps, kappa_start, kappa_end):
+    if model is None:
+        raise BenchError("certified training needs the model's layer structure: pass model= (the entry point "
+                         "passes it when the defense config has a `model` field)")
+    norm = parse_norm(norm)
+    eps = check_eps(norm, eps)
+    if int(warmup_steps) < 0 or int(ramp_steps) < 0:
+        raise BenchError(f"warmup_steps and ramp_steps must be >= 0, got {warmup_steps}, {ramp_steps}")
+    for k in (kappa_start, kappa_end):
+        if not 0.0 <= float(k) <= 1.0:
+            raise BenchError(f"kappa must lie in [0, 1], got {k}")
+    return as_network(model), norm, eps
+
+
+def _objective(logits_fn, margin_fn, network, norm, eps, warmup_steps, ramp_steps, kappa_start, kappa_end):
+    def objective(params, batch, key, step):
+        x, y = batch
+        frac = ramp(step, warmup_steps, ramp_steps)
+        eps_now = eps * frac
+        kappa = kappa_start + (kappa_end - kappa_start) * frac
+        logits = logits_fn(params, x)
+        margin_lower, extra = margin_fn(network, params, x, y, eps_now, frac)
+        clean_loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        robust_loss = optax.softmax_cross_entropy_with_integer_labels(worst_case_logits(margin_lower, y), y).mean()
+        loss = kappa * clean_loss + (1.0 - kappa) * robust_loss
+        aux = {"accuracy": jnp.mean(jnp.argmax(logits, -1) == y), "verified": jnp.mean(jnp.all(margin_lower > 0, -1)),
+               "robust_loss": robust_loss, "eps": eps_now, "kappa": kappa, **extra}
+        return loss, aux
+
+    return objective
+
+
+def ibp_training(logits_fn, *, model=None, eps: float, norm: str = "linf", warmup_steps: int = 0,
+                 ramp_steps: int = 10_000, kappa_start: float = 1.0, kappa_end: float = 0.5):
+    """IBP training objective `(params, batch, key, step) -> (loss, aux)` (Gowal et al. 2018).
+
+    Args:
+      logits_fn: the model's pure logits function (clean term).
+      model: the Flax `ConvNet` (or a layer list) whose bounds are trained.
+      eps: the training epsilon reached at the end of the ramp.
+      warmup_steps, ramp_steps: clean steps, then steps of the linear eps/kappa ramp.
+      kappa_start, kappa_end: weight of the clean loss (paper: 1 -> 0.5).
+    """
+    network, norm, eps = _check(model, eps, norm, warmup_steps, ramp_steps, kappa_start, kappa_end)
+
+    def margin_fn(network, params, x, y, eps_now, frac):
+        return ibp_margin_lower(network, params, x, y, eps_now, norm=norm), {}
+
+    return _objective(logits_fn, margin_fn, network, norm, eps, int(warmup_steps), int(ramp_steps),
+                      float(kappa_start), float(kappa_end))
+
+
+def crown_ibp_training(logits_fn, *, model=None, eps: float, norm: str = "linf", warmup_steps: int = 0,
+                       ramp_steps: int = 10_000, kappa_start: float = 1.0, kappa_end: float = 0.0,
+                       beta_start: float = 1.0, beta_end: float = 0.0):
+    """CROWN-IBP training objective `(params, batch, key, step) -> (loss, aux)` (Zhang et al. 2020).
+
+    The margin bound is beta * CROWN-IBP + (1 - beta) * IBP, beta linear from
+    beta_start to beta_end over the eps ramp; other arguments as `ibp_training`.
+    """
+    network, norm, eps = _check(model, eps, norm, warmup_steps, ramp_steps, kappa_start, kappa_end)
+    beta_start, beta_end = float(beta_start), float(beta_end)
+    for b in (beta_start, beta_end):
+        if not 0.0 <= b <= 1.0:
+            raise BenchError(f"beta must lie in [0, 1], got {b}")
+
+    def margin_fn(network, params, x, y, eps_now, frac):
+        beta = beta_start + (beta_end - beta_start) * frac
+        ibp_bound = ibp_margin_lower(network, params, x, y, eps_now, norm=norm)
+        finite = jnp.where(jnp.isinf(ibp_bound), 0.0, ibp_bound)
+
+        def mixed(_):
+            crown_bound = crown_margin_lower(network, params, x, y, eps_now, norm=norm,
+                                             intermediate=Intermediate.IBP, lower_slope=LowerSlope.ADAPTIVE)
+            crown_bound = jnp.where(jnp.isinf(crown_bound), 0.0, crown_bound)
+            return beta * crown_bound + (1.0 - beta) * finite
+
+        margin = jax.lax.cond(beta > 0, mixed, lambda _: finite, None)
+        margin = jnp.where(jax.nn.one_hot(y, margin.shape[-1], dtype=bool), jnp.inf, margin)
+        return margin, {"beta": beta}
+
+    return _objective(logits_fn, margin_fn, network, norm, eps, int(warmup_steps), int(ramp_steps),
+                      float(kappa_start), float(kappa_end))
