@@ -236,3 +236,19 @@ def test_privacy_run_records_the_epsilon_dp_accounting_gives(tmp_path):
     assert direct_pld <= 2.0
     assert get("canary_audit", "epsilon_lower_bound") <= direct_pld
     assert 0.0 <= get("loss_threshold", "auc") <= 1.0 and get("utility", "test_accuracy") > 0.3
+
+
+def test_pate_partitions_aggregation_and_accounting():
+    from bench.privacy import pate
+
+    keep = pate.teacher_partitions(103, 10, np.random.default_rng(0))
+    assert np.all(keep.sum(1) == 10) and keep.sum(0).max() == 1  # disjoint, equal
+    votes = np.array([[0, 9, 1], [5, 0, 4], [2, 2, 6]])
+    assert list(pate.gnmax(votes, 1e-3, np.random.default_rng(0))) == [1, 0, 2]
+    noisy = pate.gnmax(np.tile([6, 4, 0], (4000, 1)), 2.0, np.random.default_rng(0))
+    expected = stats.norm.cdf(2 / (2.0 * np.sqrt(2)))  # P(6 + N > 4 + N'), the third class never wins in practice
+    assert abs(np.mean(noisy == 0) - expected) < 0.03
+    # One changed vote moves the histogram by sqrt(2): a Gaussian mechanism with noise multiplier sigma / sqrt(2).
+    event = pate.gnmax_event(20.0, 100)
+    direct = dp_accounting.rdp.RdpAccountant().compose(dp_accounting.GaussianDpEvent(20.0 / np.sqrt(2)), 100)
+    assert accounting.epsilon(event, 1e-5, "rdp") == pytest.approx(direct.get_epsilon(1e-5), abs=1e-12)

@@ -26,9 +26,9 @@ from omegaconf import DictConfig, OmegaConf
 from bench import evaluate, models, records, train
 from bench.defenses import dp_sgd
 from bench.errors import BenchError
-from bench.privacy import accounting, audit, membership, shadow
+from bench.privacy import accounting, audit, membership, pate, shadow
 
-METHODS = ("none", "dp_sgd")
+METHODS = ("none", "dp_sgd", "pate")
 
 
 def _row(evaluator, metric, value, n, seconds=0.0, **extra):
@@ -85,37 +85,74 @@ def run_privacy(cfg: DictConfig, run_dir: Path, choices: dict):
         epochs = plan.epochs
     else:
         batch_size, epochs = int(t.batch_size), int(t.epochs)
-        total = epochs * train.steps_per_epoch(len(y_fit), batch_size)
-        make_optimizer = lambda k: train.make_optimizer(t.optimizer, t.learning_rate, t.schedule, total, t.momentum,
-                                                        t.weight_decay)
         grad_fn = sampler = None
 
-    params, history = train.train(objective, init_params(init_key), make_optimizer(noise_key), x_fit, y_fit,
+    x_test, y_test = data.x_test, data.y_test
+    if method == "pate":  # teachers on the private data label a public split (the first half of the test split)
+        p = sc.pate
+        if int(sc.membership.lira.shadows) > 0:
+            raise BenchError("LiRA shadows of a PATE student are not implemented; "
+                             "set scenario.membership.lira.shadows=0")
+        n_public = min(int(p.queries), len(y_test) // 2)
+        x_public, x_test, y_test = x_test[:n_public], x_test[n_public:], y_test[n_public:]
+        keep = pate.teacher_partitions(len(y_fit), int(p.teachers), rng)
+        per_teacher = int(keep[0].sum())
+        teacher_batch = min(batch_size, per_teacher)
+        teacher_total = int(p.teacher_epochs) * (per_teacher // teacher_batch)
+        teachers = shadow.train_shadows(
+            objective, init_params,
+            lambda k: train.make_optimizer(t.optimizer, t.learning_rate, t.schedule, teacher_total, t.momentum,
+                                           t.weight_decay),
+            x_fit, y_fit, keep, epochs=int(p.teacher_epochs), batch_size=teacher_batch, key=shadow_key,
+            progress=cfg.progress)
+        votes = pate.teacher_votes(logits_fn, teachers, x_public, data.num_classes)
+        teacher_acc = float(np.mean(np.argmax(votes, 1) == data.y_test[:n_public]))
+        y_public = pate.gnmax(votes, float(p.sigma), rng)
+        results.append(_row("pate", "teacher_ensemble_accuracy", teacher_acc, n_public))
+        results.append(_row("pate", "label_accuracy", np.mean(y_public == data.y_test[:n_public]), n_public))
+        x_student, y_student = x_public, y_public
+        batch_size = min(batch_size, n_public)
+    else:
+        x_student, y_student = x_fit, y_fit
+    if method != "dp_sgd":
+        total = epochs * train.steps_per_epoch(len(y_student), batch_size)
+        make_optimizer = lambda k: train.make_optimizer(t.optimizer, t.learning_rate, t.schedule, total, t.momentum,
+                                                        t.weight_decay)
+
+    params, history = train.train(objective, init_params(init_key), make_optimizer(noise_key), x_student, y_student,
                                   epochs=epochs, batch_size=batch_size, key=train_key, progress=cfg.progress,
                                   grad_fn=grad_fn, sampler=sampler)
     models.save_params(run_dir / "params.msgpack", params)
     train_seconds = time.perf_counter() - started
     results.append(_row("train", "seconds", train_seconds, len(y_fit), train_seconds))
-    results.append(_row("utility", "test_accuracy", evaluate.accuracy(logits_fn, params, data.x_test, data.y_test),
-                        len(data.y_test)))
+    results.append(_row("utility", "test_accuracy", evaluate.accuracy(logits_fn, params, x_test, y_test),
+                        len(y_test)))
 
     epsilon_spent = float("inf")
+    delta = accounting.default_delta(len(y_fit))
+    relation = accounting.NEIGHBOURING.name.lower()
     if method == "dp_sgd":
-        steps = sampler.steps_taken
+        steps, delta = sampler.steps_taken, plan.delta
         event = accounting.dpsgd_event(plan.q, plan.noise_multiplier, steps)
-        relation = accounting.NEIGHBOURING.name.lower()
-        eps = {kind: accounting.epsilon(event, plan.delta, kind) for kind in ("rdp", "pld")}
+        facts = (("delta", delta), ("noise_multiplier", plan.noise_multiplier), ("sampling_rate", plan.q),
+                 ("steps", steps), ("clip_norm", plan.clip_norm))
+    elif method == "pate":
+        delta = accounting.default_delta(len(y_fit)) if sc.pate.delta is None else float(sc.pate.delta)
+        event = pate.gnmax_event(float(sc.pate.sigma), n_public)
+        facts = (("delta", delta), ("gnmax_sigma", float(sc.pate.sigma)), ("queries", n_public),
+                 ("teachers", int(sc.pate.teachers)))
+    if method != "none":
+        eps = {kind: accounting.epsilon(event, delta, kind) for kind in ("rdp", "pld")}
         epsilon_spent = min(eps.values())
         for kind, value in eps.items():
-            for metric, v in (("epsilon", value), ("delta", plan.delta), ("noise_multiplier", plan.noise_multiplier),
-                              ("sampling_rate", plan.q), ("steps", steps), ("clip_norm", plan.clip_norm)):
+            for metric, v in (("epsilon", value), *facts):
                 results.append(_row(f"accountant_{kind}", metric, v, len(y_fit), relation=relation))
 
     # Membership inference: n_members training examples (never canaries) vs the test split.
     m = sc.membership
     member_idx = rng.choice(len(y_train), min(int(m.n_members), len(y_train)), replace=False)
-    losses, conf = membership.loss_and_confidence(logits_fn, params, np.concatenate([x_train, data.x_test]),
-                                                  np.concatenate([y_train, data.y_test]))
+    losses, conf = membership.loss_and_confidence(logits_fn, params, np.concatenate([x_train, x_test]),
+                                                  np.concatenate([y_train, y_test]))
     is_eval_member = np.zeros(len(losses), bool)
     is_eval_member[member_idx] = True
     nonmember = np.arange(len(y_train), len(losses))
@@ -125,7 +162,7 @@ def run_privacy(cfg: DictConfig, run_dir: Path, choices: dict):
 
     if int(m.lira.shadows) > 0:
         lira_started = time.perf_counter()
-        x_pop, y_pop = np.concatenate([x_train, data.x_test]), np.concatenate([y_train, data.y_test])
+        x_pop, y_pop = np.concatenate([x_train, x_test]), np.concatenate([y_train, y_test])
         keep = membership.random_halves(int(m.lira.shadows), len(y_pop), rng)
         stacked = shadow.train_shadows(objective, init_params, make_optimizer, x_pop, y_pop, keep,
                                        epochs=int(m.lira.epochs or epochs), batch_size=batch_size, key=shadow_key,
@@ -143,8 +180,7 @@ def run_privacy(cfg: DictConfig, run_dir: Path, choices: dict):
     violation = None
     if canaries is not None:
         canary_losses, _ = membership.loss_and_confidence(logits_fn, params, canaries.x, canaries.y)
-        found = audit.audit(canary_losses, canaries.included, plan.delta if method == "dp_sgd" else
-                            accounting.default_delta(len(y_fit)), float(sc.audit.significance))
+        found = audit.audit(canary_losses, canaries.included, delta, float(sc.audit.significance))
         for metric, v in found.items():
             results.append(_row("canary_audit", metric, v, n_canaries))
         try:
@@ -156,7 +192,7 @@ def run_privacy(cfg: DictConfig, run_dir: Path, choices: dict):
     config = OmegaConf.to_container(cfg, resolve=True)
     defense = choices.get("defense", "defense")
     context = dict(scenario=sc.name, dataset=data.name, model=choices.get("model", "model"),
-                   defense=f"{defense}+dp_sgd" if method == "dp_sgd" else defense,
+                   defense=defense if method == "none" else f"{defense}+{method}",
                    **records.provenance(config, seed=cfg.seed, data_fingerprint=data.fingerprint))
     frame = records.make_rows(results, context)
     records.write_records(run_dir, frame)
