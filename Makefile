@@ -32,6 +32,14 @@ peers: $(STAMP)
 clean:
 	rm -rf $(VENV) results/runs multirun
 
+# Side-by-side PGD-40 against torchattacks; writes results/peer_pgd.md. Installs the `peers` extra into .venv
+# (about 5.5 GB of torch) unless PEERS_PYTHON names an interpreter that already has it, e.g.
+# `make peers-pgd PEERS_PYTHON=/tmp/venv-peers/bin/python`.
+.PHONY: peers-pgd
+PEERS_PYTHON ?=
+peers-pgd: $(if $(PEERS_PYTHON),,peers)
+	$(or $(PEERS_PYTHON),$(BIN)/python) scripts/peer_pgd.py
+
 # Every reduced paper preset (conf/experiment/*_reduced.yaml), then results/presets.md from their records.
 .PHONY: presets
 presets: $(STAMP)
