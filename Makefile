@@ -44,3 +44,10 @@ peers-pgd: $(if $(PEERS_PYTHON),,peers)
 .PHONY: presets
 presets: $(STAMP)
 	$(BIN)/python scripts/run_presets.py
+
+# Parity with torchattacks' AutoAttack (standard) on 1,000 mnist5k test images, standard and PGD-trained
+# cnn_small; writes results/peer_autoattack.md. Needs torch + torchattacks: pass PEERS_PYTHON=/path/to/python
+# of an environment that has them (e.g. /tmp/venv-peers/bin/python), else the `peers` extra is installed.
+.PHONY: peers-autoattack
+peers-autoattack: $(if $(PEERS_PYTHON),,peers)
+	$(or $(PEERS_PYTHON),$(BIN)/python) scripts/peer_autoattack.py
