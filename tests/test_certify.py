@@ -130,6 +130,8 @@ def test_every_certifier_contains_sampled_margins(kind, norm, eps):
     y = jnp.array([0, 1, 2])
     bounds = {f"{name}": factory(norm=norm)(model, params, x, y, eps) for name, factory in CERTIFIERS.items()}
     bounds["crown_ibp"] = CERTIFIERS["crown"](norm=norm, intermediate="ibp")(model, params, x, y, eps)
+    bounds["alpha_crown"] = CERTIFIERS["crown"](norm=norm, alpha_steps=5)(model, params, x, y, eps)
+    assert np.all(np.asarray(bounds["alpha_crown"]) >= np.asarray(bounds["crown"]) - 1e-6)
     pre = crown_preactivation_bounds(network, params, x, jnp.float32(eps), norm=Norm(norm))
     sample = jax.jit(_sample_in_set, static_argnums=(3, 4))
     for i in range(len(y)):
@@ -231,13 +233,14 @@ def test_crown_below_lp_below_exact(widths):
         pre = [(np.asarray(l[0], np.float64), np.asarray(u[0], np.float64))
                for l, u in crown_preactivation_bounds(network, params, x, jnp.float32(eps))]
         crown = np.asarray(crown_margin_lower(network, params, x, y, eps)[0])
+        alpha_crown = np.asarray(crown_margin_lower(network, params, x, y, eps, alpha_steps=20)[0])
         ibp = np.asarray(ibp_margin_lower(network, params, x, y, eps)[0])
         neurons = sum(widths)
         for j in (1, 2):
             c = np.eye(3)[0] - np.eye(3)[j]
             lp = _lp_min(weights, c, lo, hi, pre)
             exact = min(_lp_min(weights, c, lo, hi, pre, p) for p in itertools.product((0, 1), repeat=neurons))
-            assert crown[j] <= lp + 1e-4, (seed, j)
+            assert crown[j] <= alpha_crown[j] + 1e-6 and alpha_crown[j] <= lp + 1e-4, (seed, j)
             assert lp <= exact + 1e-6, (seed, j)
             assert ibp[j] <= exact + 1e-4, (seed, j)
 

@@ -33,8 +33,10 @@ def _certifier_factories(names, conf_dir, from_config):
     factories = {}
     for name in names or ["ibp", "crown"]:
         path = conf_dir / "certify" / f"{name}.yaml"
-        if not path.is_file():
-            known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        if not path.is_file() or name == "smoothing":
+            known = sorted(p.stem for p in path.parent.glob("*.yaml") if p.stem != "smoothing")
+            if name == "smoothing":
+                raise BenchError("smoothing is not a bound certifier; use --smoothing (with --sigma, --n)")
             raise BenchError(f"no certifier config {path}; choose from {known}")
         factories[name] = instantiate(OmegaConf.load(path))
     return factories
