@@ -3,8 +3,11 @@
     python scripts/run_presets.py                 # run all conf/experiment/*_reduced.yaml, then write the table
     python scripts/run_presets.py --reuse         # keep runs that already have records, run the rest
     python scripts/run_presets.py --only trades_mnist_reduced --only madry_mnist_reduced
+    python scripts/run_presets.py --reuse --autoattack  # also evaluate each trained model with suite=autoattack
 
-Each preset runs as `python -m bench +experiment=NAME` into results/runs/presets/NAME (ignored by git).
+Each preset runs as `python -m bench +experiment=NAME` into results/runs/presets/NAME (ignored by git); with
+--autoattack its saved parameters are then evaluated (no training) with `suite=autoattack` at the preset's
+epsilon into results/runs/presets/NAME/autoattack.
 Every measured number comes from that run's records; every reported number comes from the `paper.reported`
 block of the full-scale preset named by the reduced preset's `reduced_of` field. Nothing is typed here.
 """
@@ -12,6 +15,7 @@ block of the full-scale preset named by the reduced preset's `reduced_of` field.
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import time
@@ -42,6 +46,13 @@ def run_preset(name: str, run_dir: Path, extra: list[str]) -> None:
     print(f"  {name}: {time.perf_counter() - started:.0f} s", flush=True)
 
 
+def run_autoattack(name: str, run_dir: Path, extra: list[str]) -> None:
+    """Evaluate a finished preset run's parameters with the AutoAttack suite at the preset's largest epsilon."""
+    eps = max(float(e) for e in OmegaConf.load(run_dir / ".hydra" / "config.yaml").suite.eps)
+    run_preset(name, run_dir / "autoattack", [f"load_params={run_dir / 'params.msgpack'}", "suite=autoattack",
+                                              f"suite.eps=[{eps}]", *extra])
+
+
 def _value(records, **match) -> float | None:
     rows = records
     for column, wanted in match.items():
@@ -64,6 +75,10 @@ def measured_row(name: str, run_dir: Path) -> dict:
         for k, a in suite.attacks.items())
     stopped = _value(records, evaluator="train", metric="stopped_epoch")
     overrides = [o for o in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml") if not o.startswith("progress=")]
+    autoattack = None
+    if (run_dir / "autoattack" / RECORDS_FILE).exists():
+        autoattack = _value(read_records(run_dir / "autoattack" / RECORDS_FILE), evaluator="worst_case",
+                            metric="robust_accuracy", eps=eps)
     return {
         "preset": name,
         "defense": str(records["defense"].iloc[0]),
@@ -71,6 +86,7 @@ def measured_row(name: str, run_dir: Path) -> dict:
         "clean %": _pct(_value(records, evaluator="clean", metric="accuracy")),
         f"robust % ({suite.norm} {eps:g}; {attacks})": _pct(
             _value(records, evaluator="worst_case", metric="robust_accuracy", eps=eps)),
+        f"AutoAttack % ({suite.norm} {eps:g})": _pct(autoattack),
         "train s": f"{_value(records, evaluator='train', metric='seconds'):.0f}",
         "epochs": f"{int(stopped)} of {config.train.epochs} (early stop)" if stopped else f"{config.train.epochs}",
         "n test": str(int(records[records.evaluator == "clean"]["n"].iloc[-1])),
@@ -101,7 +117,9 @@ def _table(rows: list[dict], columns: list[str]) -> str:
 
 def write_report(rows: list[dict], out: Path) -> Path:
     robust_column = next(c for c in rows[0] if c.startswith("robust %"))
-    measured_columns = ["preset", "defense", "model", "clean %", robust_column, "train s", "epochs", "n test"]
+    autoattack_column = next(c for c in rows[0] if c.startswith("AutoAttack %"))
+    measured_columns = ["preset", "defense", "model", "clean %", robust_column, autoattack_column, "train s",
+                        "epochs", "n test"]
     reported = [r for full in dict.fromkeys(row["reduced_of"] for row in rows) for r in reported_rows(full)]
     text = [
         "# Paper presets: reduced-scale runs next to the papers' numbers",
@@ -109,7 +127,9 @@ def write_report(rows: list[dict], out: Path) -> Path:
         "Written by `python scripts/run_presets.py` (`make presets`) from the runs' records; do not edit by hand.",
         "Reduced presets train on mnist5k (4,000 images; see each `conf/experiment/*_reduced.yaml` for how it",
         "departs from the paper) and are evaluated on its 1,000 held-out test images. Robust accuracy is the",
-        "per-example worst case over the suite. `train s` is wall time from start to the end of training",
+        "per-example worst case over the suite; the AutoAttack column (empty where not run: `--autoattack`)",
+        "is `suite=autoattack` (APGD-CE, APGD-T, Square) on the same trained parameters and test images.",
+        "`train s` is wall time from start to the end of training",
         "(data loading and compilation included) on the machine that ran it. Reported numbers are for full",
         "MNIST with the papers' own models: they are the target of the full-scale presets, not of these runs.",
         "",
@@ -133,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", action="append", default=None, help="run only this preset (repeatable)")
     parser.add_argument("--reuse", action="store_true", help="keep runs that already have records")
+    parser.add_argument("--autoattack", action="store_true",
+                        help="also evaluate each trained model with suite=autoattack (reused with --reuse)")
     parser.add_argument("--runs", default=str(ROOT / "results" / "runs" / "presets"))
     parser.add_argument("--out", default=str(ROOT / "results" / "presets.md"))
     parser.add_argument("overrides", nargs="*", help="extra overrides passed to every run, e.g. seed=1")
@@ -147,7 +169,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.reuse and (run_dir / RECORDS_FILE).exists():
             print(f"  {name}: reusing {run_dir}", flush=True)
             continue
+        shutil.rmtree(run_dir / "autoattack", ignore_errors=True)  # it evaluated the parameters being replaced
         run_preset(name, run_dir, args.overrides)
+    for name in names if args.autoattack else []:
+        run_dir = runs / name
+        if args.reuse and (run_dir / "autoattack" / RECORDS_FILE).exists():
+            print(f"  {name}: reusing {run_dir / 'autoattack'}", flush=True)
+            continue
+        run_autoattack(name, run_dir, args.overrides)
     rows = [measured_row(name, runs / name) for name in reduced_presets() if (runs / name / RECORDS_FILE).exists()]
     path = write_report(rows, Path(args.out))
     print(path.read_text())
