@@ -56,7 +56,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict) -> "records.pd.DataFrame"
         x_train, y_train, x_hold, y_hold = overfitting.split_holdout(x_train, y_train, oc.n_examples)
         monitor = overfitting.overfit_monitor(
             logits_fn, x_hold, y_hold, jax.random.fold_in(train_key, 1), norm=oc.norm, eps=oc.eps, steps=oc.steps,
-            step_size=oc.step_size, max_drop=oc.max_drop, floor=oc.floor)
+            step_size=oc.step_size, max_drop=oc.max_drop, floor=oc.floor, max_gap=oc.get("max_gap"))
         eval_fns.append(monitor.eval_fn)
     per_epoch = train.steps_per_epoch(len(y_train), t.batch_size)
     optimizer = train.make_optimizer(t.optimizer, t.learning_rate, t.schedule, t.epochs * per_epoch,

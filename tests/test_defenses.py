@@ -189,6 +189,10 @@ def test_detect_collapse_on_synthetic_histories():
     assert detect_collapse([0.6, 0.7, 0.55], max_drop=0.2) == ""
     assert "floor" in detect_collapse([0.6, 0.7, 0.55], max_drop=0.5, floor=0.6)
     assert detect_collapse([0.1, 0.2, 0.3], max_drop=0.5, floor=0.6) == ""  # never reached the floor
+    # never PGD-robust, yet FGSM-robust: the FGSM/PGD gap catches it when asked to
+    assert detect_collapse([0.0, 0.01, 0.0], fgsm_accuracy=0.8) == ""
+    assert "FGSM" in detect_collapse([0.0, 0.01, 0.0], fgsm_accuracy=0.8, max_gap=0.5)
+    assert detect_collapse([0.5, 0.6, 0.62], fgsm_accuracy=0.8, max_gap=0.5) == ""
 
 
 def test_split_holdout_never_overlaps_training():
@@ -213,3 +217,6 @@ def test_overfit_monitor_trips_on_collapse_and_keeps_healthy_params(digits_setup
     assert first["stop"] == "" and second["holdout_pgd_accuracy"] < first["holdout_pgd_accuracy"] - 0.2
     assert "catastrophic overfitting" in second["stop"]
     assert monitor.healthy_params() is robust
+    with_gap = overfit_monitor(logits_fn, x, y, jax.random.key(0), eps=DIGITS_EPS, steps=10, max_gap=0.3)
+    row = with_gap.eval_fn(robust)
+    assert row["stop"] == "" and row["holdout_fgsm_accuracy"] >= row["holdout_pgd_accuracy"]
