@@ -10,6 +10,8 @@ on every test image, then both suites run:
   ours: conf/suite/autoattack.yaml composed with Hydra (APGD-CE, APGD-T 9 targets, Square 5000 queries,
         cumulative), through `bench.evaluate.evaluate_evasion`, sanity checks included (timed apart);
   reference: torchattacks.AutoAttack(norm="Linf", version="standard": APGD-CE, APGD-T, FAB-T, Square).
+With `--rows`, the measured rows are saved as JSON after each case; `--merge A.json B.json` writes the
+report from such files (used when the two cases ran as separate processes, `--only standard` / `--only pgd_at`).
 Both sets of adversarial examples are checked against the threat model and scored by our model. Printed
 and written to `--out` (default results/peer_autoattack.md): both robust accuracies, per-example
 disagreements, wall times and their ratio (ours includes XLA compilation), versions, command and date.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import shlex
@@ -161,12 +164,16 @@ def versions() -> str:
     return ", ".join(found)
 
 
-def report(rows, n, complete: bool) -> str:
-    """The Markdown report for the cases run so far."""
+def _command() -> str:
+    return shlex.join([Path(sys.executable).as_posix(), *sys.argv])
+
+
+def report(rows, n, complete: bool, commands=None) -> str:
+    """The Markdown report for the cases run so far (`commands`: the runs that measured them, when merged)."""
     lines = [
         "# Parity: our suite=autoattack vs torchattacks AutoAttack (standard)",
         "",
-        f"Command: `{shlex.join([Path(sys.executable).as_posix(), *sys.argv])}`  ",
+        *[f"Command: `{c}`  " for c in (commands or [_command()])],
         f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}  ",
         f"Versions: {versions()}  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs (shared with other jobs), JAX backend "
@@ -202,7 +209,17 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--only", choices=("standard", "pgd_at"), default=None)
     parser.add_argument("--out", default="results/peer_autoattack.md")
+    parser.add_argument("--rows", default=None, help="also save the measured rows as JSON here, after each case")
+    parser.add_argument("--merge", nargs="+", default=None,
+                        help="run nothing: write --out from rows saved by earlier --rows runs (one run per case)")
     args = parser.parse_args(argv)
+    if args.merge:
+        rows = [r for path in args.merge for r in json.loads(Path(path).read_text())["rows"]]
+        sources = [json.loads(Path(path).read_text())["command"] for path in args.merge]
+        text = report(rows, 1000, complete=True, commands=sources)
+        atomic_write_bytes(args.out, text.encode())
+        print(text)
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -235,6 +252,8 @@ def main(argv=None) -> int:
             ours_s=ours["seconds"], ref_s=ref["seconds"], sanity_s=ours["sanity_seconds"],
             log=", ".join(f"{n} {v:.1%} ({s:.0f}s)" for n, v, s in ours["log"]),
             flags="; ".join(ours["flags"]) or "none", diff=diff))
+        if args.rows:
+            atomic_write_bytes(args.rows, json.dumps(dict(command=_command(), rows=rows), indent=1).encode())
         if args.n_examples == 1000 and not args.only and len(rows) < len(cases):  # keep partial results
             atomic_write_bytes(args.out, report(rows, len(y), complete=False).encode())
 
