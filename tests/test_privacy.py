@@ -236,6 +236,12 @@ def test_privacy_run_records_the_epsilon_dp_accounting_gives(tmp_path):
     assert direct_pld <= 2.0
     assert get("canary_audit", "epsilon_lower_bound") <= direct_pld
     assert 0.0 <= get("loss_threshold", "auc") <= 1.0 and get("utility", "test_accuracy") > 0.3
+    from bench.privacy.report import privacy_table
+
+    table = privacy_table(frame)
+    assert len(table) == 1 and table.epsilon.iloc[0] == round(direct_pld, 2)
+    assert table.accuracy.iloc[0] == pytest.approx(100 * get("utility", "test_accuracy"))
+    assert table.eps_audit_lb.iloc[0] == get("canary_audit", "epsilon_lower_bound")
 
 
 def test_pate_partitions_aggregation_and_accounting():
