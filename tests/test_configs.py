@@ -59,7 +59,7 @@ def test_config_composes_and_targets_resolve(group, option):
     defense_kwargs = {"logits_fn": logits_fn}
     if "model" in inspect.signature(get_object(cfg.defense._target_)).parameters:
         defense_kwargs["model"] = model
-    objective = instantiate(cfg.defense, **defense_kwargs)
+    objective = instantiate(cfg.defense, _partial_=True)(**defense_kwargs)  # as bench/__main__.py does
     assert callable(objective)
     factories = {name: instantiate(a) for name, a in cfg.suite.attacks.items()}
     assert factories and all(callable(a) for a in build_suite(factories, cfg.suite.norm, list(cfg.suite.eps)).values())
