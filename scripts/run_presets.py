@@ -4,6 +4,7 @@
     python scripts/run_presets.py --reuse         # keep runs that already have records, run the rest
     python scripts/run_presets.py --only trades_mnist_reduced --only madry_mnist_reduced
     python scripts/run_presets.py --reuse --autoattack  # also evaluate each trained model with suite=autoattack
+    python scripts/run_presets.py --report-only         # rewrite results/presets.md from the existing runs
 
 Each preset runs as `python -m bench +experiment=NAME` into results/runs/presets/NAME (ignored by git); with
 --autoattack its saved parameters are then evaluated (no training) with `suite=autoattack` at the preset's
@@ -130,7 +131,8 @@ def write_report(rows: list[dict], out: Path) -> Path:
         "per-example worst case over the suite; the AutoAttack column (empty where not run: `--autoattack`)",
         "is `suite=autoattack` (APGD-CE, APGD-T, Square) on the same trained parameters and test images.",
         "`train s` is wall time from start to the end of training",
-        "(data loading and compilation included) on the machine that ran it. Reported numbers are for full",
+        "(data loading and compilation included) on the machine that ran it, which may have been shared: compare",
+        "times only between runs made together. Reported numbers are for full",
         "MNIST with the papers' own models: they are the target of the full-scale presets, not of these runs.",
         "",
         "## Measured (reduced scale)",
@@ -155,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse", action="store_true", help="keep runs that already have records")
     parser.add_argument("--autoattack", action="store_true",
                         help="also evaluate each trained model with suite=autoattack (reused with --reuse)")
+    parser.add_argument("--report-only", action="store_true", help="run nothing; write the table from existing runs")
     parser.add_argument("--runs", default=str(ROOT / "results" / "runs" / "presets"))
     parser.add_argument("--out", default=str(ROOT / "results" / "presets.md"))
     parser.add_argument("overrides", nargs="*", help="extra overrides passed to every run, e.g. seed=1")
@@ -164,14 +167,14 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"unknown reduced presets {unknown}; choose from {reduced_presets()}")
     runs = Path(args.runs)
-    for name in names:
+    for name in [] if args.report_only else names:
         run_dir = runs / name
         if args.reuse and (run_dir / RECORDS_FILE).exists():
             print(f"  {name}: reusing {run_dir}", flush=True)
             continue
         shutil.rmtree(run_dir / "autoattack", ignore_errors=True)  # it evaluated the parameters being replaced
         run_preset(name, run_dir, args.overrides)
-    for name in names if args.autoattack else []:
+    for name in names if args.autoattack and not args.report_only else []:
         run_dir = runs / name
         if args.reuse and (run_dir / "autoattack" / RECORDS_FILE).exists():
             print(f"  {name}: reusing {run_dir / 'autoattack'}", flush=True)
