@@ -48,7 +48,7 @@ def privacy_table(records: pd.DataFrame) -> pd.DataFrame:
         picked = records[(records.evaluator == evaluator) & (records.metric == metric)]
         if not picked.empty:
             rows[column] = picked.groupby(ROW_KEYS)["value"].mean().mul(scale)
-    table = rows.reset_index().sort_values(["dataset", "model", "epsilon"], ascending=[True, True, True])
+    table = rows.reset_index().sort_values(["dataset", "model", "defense", "epsilon"])
     return table[[c for c in ["dataset", "model", "defense", "epsilon", *COLUMNS, "seeds"] if c in table.columns]]
 
 

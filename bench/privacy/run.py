@@ -15,12 +15,13 @@ Pipeline (`run_privacy`, called by `bench.__main__` when scenario.name is privac
 
 from __future__ import annotations
 
+import inspect
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from bench import evaluate, models, records, train
@@ -50,7 +51,9 @@ def run_privacy(cfg: DictConfig, run_dir: Path, choices: dict):
     data = instantiate(cfg.dataset)
     model = instantiate(cfg.model, num_classes=data.num_classes, mean=data.mean, std=data.std)
     logits_fn = models.make_logits_fn(model)
-    objective = instantiate(cfg.defense, logits_fn=logits_fn)
+    # A defense whose factory takes `model` (certified training) gets the Flax model, as in bench.__main__.run.
+    wants_model = "model" in inspect.signature(get_object(cfg.defense._target_)).parameters
+    objective = instantiate(cfg.defense, _partial_=True)(logits_fn=logits_fn, **({"model": model} if wants_model else {}))
     init_params = lambda k: models.init_params(model, k, data.image_shape)
 
     x_train, y_train = data.x_train, data.y_train
@@ -72,7 +75,8 @@ def run_privacy(cfg: DictConfig, run_dir: Path, choices: dict):
                            batch_size=None if d.sampling_rate is not None else (d.batch_size or t.batch_size),
                            sampling_rate=d.sampling_rate,
                            epochs=None if d.steps is not None else (d.epochs or t.epochs), steps=d.steps,
-                           noise_multiplier=d.noise_multiplier, target_epsilon=d.target_epsilon, delta=d.delta,
+                           noise_multiplier=d.noise_multiplier,
+                           target_epsilon=None if d.noise_multiplier is not None else d.target_epsilon, delta=d.delta,
                            accountant=d.accountant)
         batch_size = max(1, round(plan.expected_batch_size))
         base = lambda: train.make_optimizer(t.optimizer, t.learning_rate, t.schedule, plan.steps, t.momentum,
