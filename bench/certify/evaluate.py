@@ -157,7 +157,7 @@ def sandwich_table(results: list[dict]):
     rows = []
     for eps in sorted(frame[frame.metric.isin(["robust_accuracy", "certified_accuracy"])].eps.unique()):
         at = frame[np.isclose(frame.eps, eps) & (frame.evaluator != "smoothing")]
-        row = {"eps": eps, "clean": 100 * clean}
+        row = {"eps": f"{eps:g}", "clean": 100 * clean}
         for _, r in at[at.metric == "robust_accuracy"].iterrows():
             row[r.evaluator] = 100 * r.value
         for _, r in at[at.metric == "certified_accuracy"].iterrows():
