@@ -41,8 +41,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from bench.attacks.pgd import pgd
-from bench.attacks.threat import (Norm, apply_logits, check_eps, check_threat_model, cross_entropy, is_stochastic,
-                                  parse_norm)
+from bench.attacks.threat import Norm, apply_logits, check_eps, check_threat_model, cross_entropy, parse_norm
 from bench.errors import BenchError
 
 # What each sanity check tolerates before it trips (shares of the checked examples, or absolute accuracy).
@@ -251,13 +250,13 @@ def check_probabilities(logits_fn, params, x, key) -> tuple[bool, str]:
                     "the model should return logits; softmax outputs saturate and hide gradients from attacks")
 
 
-def check_black_box(broken_by, ran_on, suite, eps, n_checked) -> tuple[bool | None, str, int]:
+def check_black_box(broken_by, ran_on, suite, eps, n_checked) -> tuple[bool | None, str]:
     """black_box_beats_white_box at one eps; None when the suite lacks either kind of attack."""
     names = [name for (e, name) in suite if e == eps]
     free = [nm for nm in names if getattr(suite[(eps, nm)], "gradient_free", False)]
     white = [nm for nm in names if nm not in free]
     if not free or not white:
-        return None, "not applicable: the suite needs a gradient-free and a gradient-based attack", 0
+        return None, "not applicable: the suite needs a gradient-free and a gradient-based attack"
     survived_white = np.logical_and.reduce([ran_on[(eps, nm)] & ~broken_by[(eps, nm)] for nm in white])
     broken_free = np.logical_or.reduce([broken_by[(eps, nm)] for nm in free])
     count = int(np.sum(survived_white & broken_free))
@@ -328,7 +327,7 @@ def sanity_checks(logits_fn, params, x, y, suite, norm, key, per_example, broken
 
     def timed(name, fn, *args, norm_label="none", eps=0.0):
         t0 = time.perf_counter()
-        tripped, reason = fn(*args)[:2]
+        tripped, reason = fn(*args)
         if tripped is not None:
             rows.append(_flag(name, tripped, reason, m, time.perf_counter() - t0, norm_label, eps))
 

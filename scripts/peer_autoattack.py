@@ -178,16 +178,16 @@ def report(rows, n, complete: bool, commands=None) -> str:
         f"Versions: {versions()}  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs (shared with other jobs), JAX backend "
         f"{jax.default_backend()}, torch threads {torch.get_num_threads()}  ",
-        f"Data: the first {n} mnist5k test images; L-inf; robust accuracy scored by the flax model on each "
+        "Data: the first `examples` mnist5k test images; L-inf; robust accuracy scored by the flax model on each "
         "library's adversarial examples (torch-scored reference in brackets).",
         "",
-        "| model | eps | clean | ours robust | reference robust | ref breaks, we don't | we break, ref doesn't "
+        "| model | eps | examples | clean | ours robust | reference robust | ref breaks, we don't | we break, ref doesn't "
         "| ours s | reference s | ours / reference |",
-        "|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['eps']:g} | {r['clean']:.1%} | {r['ours']:.1%} | {r['ref']:.1%} "
-                     f"({r['ref_torch']:.1%}) | {r['ref_only']} ({r['ref_only'] / n:.1%}) | {r['ours_only']} "
+        lines.append(f"| {r['model']} | {r['eps']:g} | {r['n']} | {r['clean']:.1%} | {r['ours']:.1%} | {r['ref']:.1%} "
+                     f"({r['ref_torch']:.1%}) | {r['ref_only']} ({r['ref_only'] / r['n']:.1%}) | {r['ours_only']} "
                      f"| {r['ours_s']:.1f} | {r['ref_s']:.1f} | {r['ours_s'] / r['ref_s']:.2f} |")
     lines += ["", "Ours: APGD-CE, APGD-T (9 targets), Square (5000 queries), cumulative, one run; its time includes "
               "XLA compilation. Reference: APGD-CE, APGD-T, FAB-T, Square (torchattacks' standard AutoAttack). "
@@ -245,7 +245,7 @@ def main(argv=None) -> int:
         print(f"[{defense}] torchattacks: robust {ref['robust'].mean():.3f} (torch-scored "
               f"{ref['robust_torch'].mean():.3f}) in {ref['seconds']:.1f}s", flush=True)
         rows.append(dict(
-            model=f"cnn_small {defense}", eps=eps, clean=clean, ours=float(ours["robust"].mean()),
+            model=f"cnn_small {defense}", eps=eps, n=len(y), clean=clean, ours=float(ours["robust"].mean()),
             ref=float(ref["robust"].mean()), ref_torch=float(ref["robust_torch"].mean()),
             ref_only=int(np.sum(~ref["robust"] & ours["robust"])),
             ours_only=int(np.sum(ref["robust"] & ~ours["robust"])),

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bench.attacks.threat import Norm, apply_logits, check_eps, flat_norm, margin, parse_norm, project
+from bench.attacks.threat import Norm, apply_logits, check_eps, margin, parse_norm, project
 from bench.errors import BenchError
 
 NORMS = ("l2",)
