@@ -155,7 +155,8 @@ def sandwich_table(results: list[dict]):
     frame = pd.DataFrame(results)
     clean = frame[(frame.evaluator == "clean") & (frame.metric == "accuracy")].value.mean()
     rows = []
-    for eps in sorted(frame[frame.metric.isin(["robust_accuracy", "certified_accuracy"])].eps.unique()):
+    bounds = frame[frame.metric.isin(["robust_accuracy", "certified_accuracy"]) & (frame.evaluator != "smoothing")]
+    for eps in sorted(bounds.eps.unique()):
         at = frame[np.isclose(frame.eps, eps) & (frame.evaluator != "smoothing")]
         row = {"eps": f"{eps:g}", "clean": 100 * clean}
         for _, r in at[at.metric == "robust_accuracy"].iterrows():
