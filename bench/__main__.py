@@ -10,6 +10,7 @@ Examples:
 from __future__ import annotations
 
 import inspect
+import logging
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 from bench import evaluate, models, records, train
 from bench.defenses import overfitting
@@ -104,10 +106,25 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict) -> "records.pd.DataFrame"
     return frame
 
 
+def _bad_input(err: BaseException) -> str | None:
+    """The one-line message for bad input anywhere in an exception chain (Hydra wraps errors from targets)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, BenchError):
+            return str(err)
+        if isinstance(err, MissingMandatoryValue):
+            key = getattr(err, "full_key", "") or "a required field"
+            return f"missing required value {key}; set it on the command line, e.g. {key}=..."
+        err = err.__cause__ or err.__context__
+    return None
+
+
 @hydra.main(version_base=None, config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     from bench import report
 
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # no "no TPU found" lines on CPU
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     choices = dict(HydraConfig.get().runtime.choices)
     try:
@@ -118,8 +135,11 @@ def main(cfg: DictConfig) -> None:
             frame, table = run_privacy(cfg, run_dir, choices), privacy_report.privacy_table
         else:
             frame, table = run(cfg, run_dir, choices), report.evasion_table
-    except BenchError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except Exception as err:
+        message = _bad_input(err)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
     print(report.to_markdown(table(frame)))
     print(f"records: {run_dir / records.RECORDS_FILE}")

@@ -111,7 +111,8 @@ def train(objective: Callable, params, optimizer: optax.GradientTransformation, 
     shuffle_key, step_key = jax.random.split(key)
     rng = np.random.default_rng(np.asarray(jax.random.key_data(shuffle_key)).tolist())
     history = []
-    bar = tqdm(total=epochs * per_epoch, desc="train", disable=not progress, mininterval=1.0, leave=False)
+    bar = tqdm(total=epochs * per_epoch, desc="train", disable=None if progress else True,
+               mininterval=1.0, leave=False)  # None: no bar when stderr is not a terminal
     step = 0
     for epoch in range(epochs):
         if sampler is None:
