@@ -209,6 +209,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--only", choices=("standard", "pgd_at"), default=None)
     parser.add_argument("--out", default="results/peer_autoattack.md")
+    parser.add_argument("--note", default="", help="a line appended to the report (e.g. why a case is smaller)")
     parser.add_argument("--rows", default=None, help="also save the measured rows as JSON here, after each case")
     parser.add_argument("--merge", nargs="+", default=None,
                         help="run nothing: write --out from rows saved by earlier --rows runs (one run per case)")
@@ -216,7 +217,7 @@ def main(argv=None) -> int:
     if args.merge:
         rows = [r for path in args.merge for r in json.loads(Path(path).read_text())["rows"]]
         sources = [json.loads(Path(path).read_text())["command"] for path in args.merge]
-        text = report(rows, 1000, complete=True, commands=sources)
+        text = report(rows, 1000, complete=True, commands=sources) + (f"\nNote: {args.note}\n" if args.note else "")
         atomic_write_bytes(args.out, text.encode())
         print(text)
         return 0
