@@ -7,8 +7,9 @@ true class). The training epsilon ramps linearly from 0 to `eps` over
 `ramp_steps` after `warmup_steps` steps of clean training, and kappa moves
 linearly from `kappa_start` to `kappa_end` over the same ramp (Gowal et al.: 1
 to 0.5). CROWN-IBP uses beta * CROWN-IBP bound + (1 - beta) * IBP bound, with
-beta from `beta_start` to `beta_end` over the ramp (Zhang et al.: 1 to 0); the
-CROWN-IBP pass is skipped (lax.cond) once beta reaches 0.
+beta from `beta_start` to `beta_end` over the ramp (Zhang et al.: 1 to 0). The
+CROWN-IBP pass always runs: skipping it with `lax.cond` once beta is 0 made
+every ramp step 9x slower on CPU (about 9 s instead of 1 s for cnn_small, batch 100).
 
 Bounds need the layer structure, so these factories take the Flax model
 (`model=`, passed by the entry point) as well as `logits_fn`.
@@ -109,13 +110,10 @@ def crown_ibp_training(logits_fn, *, model=None, eps: float, norm: str = "linf",
         ibp_bound = ibp_margin_lower(network, params, x, y, eps_now, norm=norm)
         finite = jnp.where(jnp.isinf(ibp_bound), 0.0, ibp_bound)
 
-        def mixed(_):
-            crown_bound = crown_margin_lower(network, params, x, y, eps_now, norm=norm,
-                                             intermediate=Intermediate.IBP, lower_slope=LowerSlope.ADAPTIVE)
-            crown_bound = jnp.where(jnp.isinf(crown_bound), 0.0, crown_bound)
-            return beta * crown_bound + (1.0 - beta) * finite
-
-        margin = jax.lax.cond(beta > 0, mixed, lambda _: finite, None)
+        crown_bound = crown_margin_lower(network, params, x, y, eps_now, norm=norm,
+                                         intermediate=Intermediate.IBP, lower_slope=LowerSlope.ADAPTIVE)
+        crown_bound = jnp.where(jnp.isinf(crown_bound), 0.0, crown_bound)
+        margin = beta * crown_bound + (1.0 - beta) * finite
         margin = jnp.where(jax.nn.one_hot(y, margin.shape[-1], dtype=bool), jnp.inf, margin)
         return margin, {"beta": beta}
 
