@@ -76,10 +76,13 @@ def measured_row(name: str, run_dir: Path) -> dict:
         for k, a in suite.attacks.items())
     stopped = _value(records, evaluator="train", metric="stopped_epoch")
     overrides = [o for o in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml") if not o.startswith("progress=")]
-    autoattack = None
+    autoattack, flags = None, []
     if (run_dir / "autoattack" / RECORDS_FILE).exists():
-        autoattack = _value(read_records(run_dir / "autoattack" / RECORDS_FILE), evaluator="worst_case",
-                            metric="robust_accuracy", eps=eps)
+        aa_records = read_records(run_dir / "autoattack" / RECORDS_FILE)
+        autoattack = _value(aa_records, evaluator="worst_case", metric="robust_accuracy", eps=eps)
+        raised = aa_records[(aa_records.evaluator == "sanity") & (aa_records.value > 0)]
+        flags = sorted(set(raised.metric))
+    flags += sorted(set(records[(records.evaluator == "sanity") & (records.value > 0)].metric) - set(flags))
     return {
         "preset": name,
         "defense": str(records["defense"].iloc[0]),
@@ -88,6 +91,7 @@ def measured_row(name: str, run_dir: Path) -> dict:
         f"robust % ({suite.norm} {eps:g}; {attacks})": _pct(
             _value(records, evaluator="worst_case", metric="robust_accuracy", eps=eps)),
         f"AutoAttack % ({suite.norm} {eps:g})": _pct(autoattack),
+        "sanity flags": ", ".join(flags),
         "train s": f"{_value(records, evaluator='train', metric='seconds'):.0f}",
         "epochs": f"{int(stopped)} of {config.train.epochs} (early stop)" if stopped else f"{config.train.epochs}",
         "n test": str(int(records[records.evaluator == "clean"]["n"].iloc[-1])),
@@ -119,8 +123,8 @@ def _table(rows: list[dict], columns: list[str]) -> str:
 def write_report(rows: list[dict], out: Path) -> Path:
     robust_column = next(c for c in rows[0] if c.startswith("robust %"))
     autoattack_column = next(c for c in rows[0] if c.startswith("AutoAttack %"))
-    measured_columns = ["preset", "defense", "model", "clean %", robust_column, autoattack_column, "train s",
-                        "epochs", "n test"]
+    measured_columns = ["preset", "defense", "model", "clean %", robust_column, autoattack_column, "sanity flags",
+                        "train s", "epochs", "n test"]
     reported = [r for full in dict.fromkeys(row["reduced_of"] for row in rows) for r in reported_rows(full)]
     text = [
         "# Paper presets: reduced-scale runs next to the papers' numbers",
@@ -130,6 +134,7 @@ def write_report(rows: list[dict], out: Path) -> Path:
         "departs from the paper) and are evaluated on its 1,000 held-out test images. Robust accuracy is the",
         "per-example worst case over the suite; the AutoAttack column (empty where not run: `--autoattack`)",
         "is `suite=autoattack` (APGD-CE, APGD-T, Square) on the same trained parameters and test images.",
+        "`sanity flags` lists the gradient-masking checks of bench/evaluate.py that fired in either evaluation.",
         "`train s` is wall time from start to the end of training",
         "(data loading and compilation included) on the machine that ran it, which may have been shared: compare",
         "times only between runs made together. Reported numbers are for full",
