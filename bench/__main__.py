@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from bench import evaluate, models, records, train
+from bench.certify import evaluate as certify_eval
 from bench.defenses import overfitting
 from bench.errors import BenchError
 
@@ -39,6 +40,8 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict) -> "records.pd.DataFrame"
     suite = evaluate.build_suite(attack_factories, suite_cfg.norm, list(suite_cfg.eps))
     if int(suite_cfg.batch_size) < 1:
         raise BenchError(f"suite.batch_size must be >= 1, got {suite_cfg.batch_size}")
+
+    certifiers = {name: instantiate(c) for name, c in (suite_cfg.get("certifiers") or {}).items()}
 
     data = instantiate(cfg.dataset)
     model = instantiate(cfg.model, num_classes=data.num_classes, mean=data.mean, std=data.std)
@@ -87,7 +90,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict) -> "records.pd.DataFrame"
         train_rows.append(dict(evaluator="train", norm="none", eps=0.0, metric="stopped_epoch",
                                value=float(history[-1]["epoch"]), n=len(y_train), seconds=train_seconds))
 
-    results, _ = evaluate.evaluate_evasion(logits_fn, params, x_eval, y_eval, suite, suite_cfg.norm, attack_key,
+    results, robust = evaluate.evaluate_evasion(logits_fn, params, x_eval, y_eval, suite, suite_cfg.norm, attack_key,
                                            batch_size=suite_cfg.batch_size, progress=cfg.progress,
                                            cumulative=bool(suite_cfg.get("cumulative", False)),
                                            sanity=bool(suite_cfg.get("sanity", True)),
@@ -95,6 +98,20 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict) -> "records.pd.DataFrame"
     results.append(dict(evaluator="train", norm="none", eps=0.0, metric="seconds", value=train_seconds,
                         n=len(data.y_train), seconds=train_seconds))
     results.extend(train_rows)
+    soundness_error = None
+    if certifiers:  # the sandwich: certified (lower bound) next to attacked (upper bound) accuracy
+        certified_rows, certified = certify_eval.evaluate_certified(
+            model, params, x_eval, y_eval, certifiers, suite_cfg.norm, list(suite_cfg.eps),
+            batch_size=int(suite_cfg.get("certify_batch_size", 100)))
+        results.extend(certified_rows)
+        try:
+            certify_eval.soundness_check(certified, robust)
+            failures = 0
+        except certify_eval.SoundnessFailure as err:
+            soundness_error = err
+            failures = sum(f["count"] for f in err.failures)
+        results.append(dict(evaluator="soundness", norm=suite_cfg.norm, eps=0.0, metric="failures",
+                            value=float(failures), n=len(y_eval), seconds=0.0))
     config = OmegaConf.to_container(cfg, resolve=True)
     context = dict(scenario=cfg.scenario.name, dataset=data.name, model=choices.get("model", "model"),
                    defense=choices.get("defense", "defense"),
@@ -103,6 +120,8 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict) -> "records.pd.DataFrame"
     records.write_records(run_dir, frame)
     if history:
         records.atomic_write_bytes(run_dir / "history.json", records.pd.DataFrame(history).to_json(orient="records").encode())
+    if soundness_error is not None:  # recorded above; the run still fails
+        raise soundness_error
     return frame
 
 

@@ -1,13 +1,15 @@
 """Tables from records: `python -m bench.report RUN_DIR [RUN_DIR ...] [--out DIR]`.
 
 The robustness-vs-accuracy table has one row per (dataset, model, defense) and
-columns: clean accuracy, then worst-case robust accuracy at each (norm, eps),
+columns: clean accuracy, then per (norm, eps) the worst-case robust accuracy
+over the attacks and, where the suite has certifiers, the certified accuracy,
 then, when any sanity check tripped (bench/evaluate.py), `flags`: the checks
 that tripped for that row, each with its threat where it has one; their reasons
 are listed under the table in evasion.md.
 Runs with the same config hash and seed are the same experiment: only the
 newest is reported. Writes evasion.md and evasion.csv (and the per-attack
-detail) and prints the table.
+detail) and prints the table. Privacy runs get the privacy-vs-utility table
+(bench/privacy/report.py: privacy.md and privacy.csv).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from bench.errors import BenchError
 from bench.records import read_records
 
 ROW_KEYS = ["dataset", "model", "defense"]
+CERTIFIED = "certified_any"  # bench.certify.evaluate: certified by at least one certifier
 
 
 def latest_runs(records: pd.DataFrame) -> pd.DataFrame:
@@ -37,17 +40,26 @@ def _threat_label(norm: str, eps: float) -> str:
 def evasion_table(records: pd.DataFrame, evaluator: str = "worst_case") -> pd.DataFrame:
     """Rows: dataset x model x defense (averaged over seeds); columns: clean, then robust accuracy (%) per threat."""
     records = latest_runs(records)
+    records = records[records.scenario == "evasion"]
     clean = records[(records.evaluator == "clean") & (records.metric == "accuracy")]
-    robust = records[(records.evaluator == evaluator) & (records.metric == "robust_accuracy")]
     if clean.empty:
-        raise BenchError("no clean-accuracy records found; are these evasion runs?")
+        raise BenchError("no clean-accuracy records of evasion runs found; run `python -m bench` first")
     table = clean.groupby(ROW_KEYS)["value"].mean().mul(100).rename("clean").to_frame()
     table["seeds"] = clean.groupby(ROW_KEYS)["seed"].nunique()
-    if not robust.empty:
-        robust = robust.assign(threat=[_threat_label(n, e) for n, e in zip(robust.norm, robust.eps)])
-        order = robust.sort_values(["norm", "eps"]).threat.unique()
-        pivot = robust.pivot_table(index=ROW_KEYS, columns="threat", values="value", aggfunc="mean").mul(100)
-        table = table.join(pivot[list(order)])
+    # Per threat: robust accuracy (attacks, an upper bound), then certified accuracy (certifiers, a lower bound).
+    columns = []
+    for prefix, rows in (("", records[(records.evaluator == evaluator) & (records.metric == "robust_accuracy")]),
+                         ("certified ", records[(records.evaluator == CERTIFIED) &
+                                                (records.metric == "certified_accuracy")])):
+        if rows.empty:
+            continue
+        rows = rows.assign(threat=[prefix + _threat_label(n, e) for n, e in zip(rows.norm, rows.eps)])
+        pivot = rows.pivot_table(index=ROW_KEYS, columns="threat", values="value", aggfunc="mean").mul(100)
+        table = table.join(pivot)
+        columns += [(n, e, prefix, t) for n, e, t in rows[["norm", "eps", "threat"]].drop_duplicates().itertuples(
+            index=False)]
+    fixed = ["clean", "seeds"]
+    table = table[fixed + [t for *_, t in sorted(columns)]]
     flags = flags_table(records)
     if not flags.empty:  # the column appears only when some check tripped, so clean tables keep their shape
         labels = flags.groupby(ROW_KEYS)["flag"].agg(lambda f: ", ".join(dict.fromkeys(f)))
@@ -113,9 +125,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         records = read_records(*args.paths)
         out = args.out or (args.paths[0] if Path(args.paths[0]).is_dir() else Path(args.paths[0]).parent)
-        paths = write_tables(records, out)
-        print(to_markdown(evasion_table(records)))
-        print(f"\nwrote {paths['md']} and {paths['csv']}")
+        if (records.scenario == "evasion").any():
+            paths = write_tables(records, out)
+            print(to_markdown(evasion_table(records)))
+            print(f"\nwrote {paths['md']} and {paths['csv']}")
+        if (records.scenario == "privacy").any():
+            from bench.privacy import report as privacy_report
+
+            written = privacy_report.write_privacy_tables(records, out)
+            print(to_markdown(privacy_report.privacy_table(records)))
+            print(f"\nwrote {', '.join(map(str, written.values())) if isinstance(written, dict) else written}")
     except BenchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

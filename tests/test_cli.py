@@ -68,3 +68,16 @@ def test_bad_input_is_one_clear_line(override, message, tmp_path):
 def test_report_on_missing_records_is_a_clear_error(tmp_path, capsys):
     assert report.main([str(tmp_path)]) == 2
     assert "no records.parquet" in capsys.readouterr().err
+
+
+def test_certified_suite_shows_the_sandwich(tmp_path):
+    """clean >= empirical robust (attacks) >= certified (IBP, CROWN), per epsilon, and no soundness failure."""
+    out = _bench("dataset=digits", "suite=certified", "suite.eps=[0.01,0.05]", "suite.n_examples=64",
+                 "suite.attacks.pgd.steps=10", "train.epochs=3", "progress=false", f"hydra.run.dir={tmp_path}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    frame = pd.read_parquet(tmp_path / records.RECORDS_FILE)
+    assert frame.loc[frame.evaluator == "soundness", "value"].tolist() == [0.0]
+    table = report.evasion_table(frame).iloc[0]
+    for eps in ("0.01", "0.05"):
+        assert table["clean"] >= table[f"linf {eps}"] >= table[f"certified linf {eps}"]
+    assert table["certified linf 0.01"] > 0  # CROWN certifies something at a tiny epsilon
