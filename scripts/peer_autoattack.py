@@ -48,10 +48,12 @@ from bench.records import atomic_write_bytes
 try:
     import torch
     import torchattacks
-    from torch import nn
+
 except ImportError:
     sys.exit("scripts/peer_autoattack.py needs torch and torchattacks: run it with an interpreter that has them "
              "(e.g. /tmp/venv-peers/bin/python) or `make peers-autoattack`")
+
+from torch_twins import flax_cnn_small_to_torch, to_nchw  # noqa: E402  (scripts/, after torch)
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 LOGIT_ATOL = 1e-3
@@ -73,46 +75,10 @@ def train_model(d, seed: int, defense: str, epochs: int):
     return logits_fn, params
 
 
-class _Normalize(nn.Module):
-    def __init__(self, mean, std):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
-
-    def forward(self, x):
-        return (x - self.mean) / self.std
-
-
-def to_torch(params, mean, std) -> nn.Module:
-    """The torch cnn_small with the flax weights."""
-    net = nn.Sequential(_Normalize(mean, std), nn.Conv2d(1, 16, 4, 2, 1), nn.ReLU(), nn.Conv2d(16, 32, 4, 2, 1),
-                        nn.ReLU(), nn.Flatten(), nn.Linear(1568, 100), nn.ReLU(), nn.Linear(100, 10))
-    p = jax.tree_util.tree_map(np.asarray, params)
-
-    def tensor(a):
-        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
-
-    with torch.no_grad():
-        for layer, name in ((net[1], "Conv_0"), (net[3], "Conv_1")):
-            layer.weight.copy_(tensor(p[name]["kernel"].transpose(3, 2, 0, 1)))  # HWIO -> OIHW
-            layer.bias.copy_(tensor(p[name]["bias"]))
-        # flax flattens (h, w, c); torch flattens (c, h, w): reorder the first Dense's input rows.
-        kernel = p["Dense_0"]["kernel"].reshape(7, 7, 32, 100).transpose(2, 0, 1, 3).reshape(1568, 100)
-        net[6].weight.copy_(tensor(kernel.T))
-        net[6].bias.copy_(tensor(p["Dense_0"]["bias"]))
-        net[8].weight.copy_(tensor(p["Dense_1"]["kernel"].T))
-        net[8].bias.copy_(tensor(p["Dense_1"]["bias"]))
-    return net.eval()
-
-
-def nchw(x: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-
-
 def assert_same_logits(logits_fn, params, net, x) -> float:
     ours = np.asarray(logits_fn(params, jnp.asarray(x)))
     with torch.no_grad():
-        theirs = net(nchw(x)).numpy()
+        theirs = net(to_nchw(x)).numpy()
     diff = float(np.max(np.abs(ours - theirs)))
     assert diff < LOGIT_ATOL, f"exported torch logits differ from flax by {diff}"
     return diff
@@ -142,13 +108,13 @@ def run_ours(logits_fn, params, x, y, eps, seed):
 def run_reference(net, logits_fn, params, x, y, eps, seed):
     attack = torchattacks.AutoAttack(net, norm="Linf", eps=eps, version="standard", n_classes=10, seed=seed)
     t0 = time.perf_counter()
-    x_adv = attack(nchw(x), torch.from_numpy(y.astype(np.int64)))
+    x_adv = attack(to_nchw(x), torch.from_numpy(y.astype(np.int64)))
     seconds = time.perf_counter() - t0
     x_adv = x_adv.detach().numpy().transpose(0, 2, 3, 1)
     check_threat_model(x, x_adv, "linf", eps)
     robust = evaluate.predict(logits_fn, params, x_adv) == y
     with torch.no_grad():
-        robust_torch = net(nchw(x_adv)).argmax(1).numpy() == y
+        robust_torch = net(to_nchw(x_adv)).argmax(1).numpy() == y
     clean = evaluate.predict(logits_fn, params, x) == y
     return dict(robust=robust & clean, robust_torch=robust_torch & clean, seconds=seconds)
 
@@ -235,7 +201,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         logits_fn, params = train_model(d, args.seed, defense, epochs)
         print(f"[{defense}] trained {epochs} epochs in {time.perf_counter() - t0:.0f}s", flush=True)
-        net = to_torch(params, d.mean, d.std)
+        net = flax_cnn_small_to_torch(params, d.num_classes, d.mean, d.std)
         diff = assert_same_logits(logits_fn, params, net, x)
         clean = float(np.mean(evaluate.predict(logits_fn, params, x) == y))
         print(f"[{defense}] clean {clean:.3f}, max |logit diff| flax vs torch {diff:.2e}", flush=True)
