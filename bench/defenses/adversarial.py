@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from bench.attacks.pgd import pgd_core
 from bench.attacks.threat import Norm, check_eps, parse_loss, parse_norm
@@ -63,3 +64,16 @@ def inner_attack(logits_fn, *, norm: str, eps: float, steps: int, step_size: flo
         return jax.lax.stop_gradient(x_adv), jnp.float32(eps) * scale
 
     return attack
+
+
+def adversarial_ce(logits_fn, attack):
+    """Objective `(params, batch, key, step) -> (loss, aux)`: cross-entropy on `attack`'s x_adv only (FGSM-RS, PGD-AT)."""
+
+    def objective(params, batch, key, step):
+        x, y = batch
+        x_adv, eps_now = attack(params, x, y, key, step)
+        logits_adv = logits_fn(params, x_adv)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits_adv, y).mean()
+        return loss, {"adv_accuracy": jnp.mean(jnp.argmax(logits_adv, -1) == y), "eps": eps_now}
+
+    return objective

@@ -8,10 +8,7 @@ on catastrophic overfitting (`train.overfit_check`, see bench/defenses/overfitti
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-import optax
-
-from bench.defenses.adversarial import inner_attack
+from bench.defenses.adversarial import adversarial_ce, inner_attack
 
 
 def fgsm_rs(logits_fn, *, eps: float, step_size: float | None = None, norm: str = "linf", warmup_steps: int = 0):
@@ -27,12 +24,4 @@ def fgsm_rs(logits_fn, *, eps: float, step_size: float | None = None, norm: str 
     attack = inner_attack(logits_fn, norm=norm, eps=eps, steps=1,
                           step_size=1.25 * eps if step_size is None else step_size, random_start=True,
                           warmup_steps=warmup_steps)
-
-    def objective(params, batch, key, step):
-        x, y = batch
-        x_adv, eps_now = attack(params, x, y, key, step)
-        logits_adv = logits_fn(params, x_adv)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits_adv, y).mean()
-        return loss, {"adv_accuracy": jnp.mean(jnp.argmax(logits_adv, -1) == y), "eps": eps_now}
-
-    return objective
+    return adversarial_ce(logits_fn, attack)

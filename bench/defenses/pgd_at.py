@@ -5,10 +5,7 @@ min over params of CE(x_adv), x_adv from PGD with a random start inside the eps-
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-import optax
-
-from bench.defenses.adversarial import inner_attack
+from bench.defenses.adversarial import adversarial_ce, inner_attack
 
 
 def pgd_at(logits_fn, *, eps: float, steps: int = 40, step_size: float | None = None, norm: str = "linf",
@@ -28,12 +25,4 @@ def pgd_at(logits_fn, *, eps: float, steps: int = 40, step_size: float | None = 
     attack = inner_attack(logits_fn, norm=norm, eps=eps, steps=steps,
                           step_size=2.5 * eps / int(steps) if step_size is None else step_size,
                           random_start=random_start, restarts=restarts, warmup_steps=warmup_steps)
-
-    def objective(params, batch, key, step):
-        x, y = batch
-        x_adv, eps_now = attack(params, x, y, key, step)
-        logits_adv = logits_fn(params, x_adv)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits_adv, y).mean()
-        return loss, {"adv_accuracy": jnp.mean(jnp.argmax(logits_adv, -1) == y), "eps": eps_now}
-
-    return objective
+    return adversarial_ce(logits_fn, attack)
