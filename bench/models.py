@@ -12,6 +12,14 @@ Architectures (conv: filters, kernel, stride):
 - `cnn_large`:  DM-large of Gowal et al. 2018: conv 64-3-1, 64-3-1, 128-3-2, 128-3-1,
                 128-3-1, Dense(512), Dense(classes).
 All activations are ReLU; padding is SAME for DM-medium/large.
+
+With max-pooling (`PoolConvNet`; conv: filters, kernel, padding, stride 1):
+- `madry_cnn`:       conv 32-5x5 SAME, max-pool 2x2, conv 64-5x5 SAME, max-pool 2x2, Dense(1024),
+                     Dense(classes): the MNIST net of Madry et al. 2017 (MadryLab/mnist_challenge).
+- `trades_smallcnn`: conv 32-3x3 VALID, conv 32-3x3 VALID, max-pool 2x2, conv 64-3x3 VALID,
+                     conv 64-3x3 VALID, max-pool 2x2, Dense(200), Dense(200), Dense(classes): the MNIST
+                     SmallCNN of Zhang et al. 2019 (TRADES), without its dropout (see `trades_smallcnn`).
+The certifiers (bench/certify/network.py) read ConvNet only and reject PoolConvNet.
 """
 
 from __future__ import annotations
@@ -56,6 +64,38 @@ class ConvNet(nn.Module):
         return nn.Dense(self.num_classes)(x)
 
 
+class PoolConvNet(nn.Module):
+    """Normalize, then a sequence of stride-1 conv and max-pool layers, flatten, dense layers, logits.
+
+    Each entry of `features` is ("conv", filters, kernel, padding) (followed by ReLU) or
+    ("pool", window, padding) (a window x window max-pool of stride window). Padding is "SAME" or "VALID".
+    """
+
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    features: Sequence[tuple] = ()
+    dense: Sequence[int] = ()
+
+    @nn.compact
+    def __call__(self, x):
+        x = Normalize(tuple(self.mean), tuple(self.std))(x)
+        for layer in self.features:
+            kind = layer[0]
+            if kind == "conv":
+                _, filters, kernel, padding = layer
+                x = nn.relu(nn.Conv(filters, (kernel, kernel), padding=padding)(x))
+            elif kind == "pool":
+                _, window, padding = layer
+                x = nn.max_pool(x, (window, window), strides=(window, window), padding=padding)
+            else:
+                raise ValueError(f"unknown PoolConvNet layer {layer!r}; use ('conv', ...) or ('pool', ...)")
+        x = x.reshape(x.shape[0], -1)
+        for width in self.dense:
+            x = nn.relu(nn.Dense(width)(x))
+        return nn.Dense(self.num_classes)(x)
+
+
 def mlp(num_classes: int, mean, std, hidden: Sequence[int] = (256, 256)) -> ConvNet:
     """A fully connected ReLU network."""
     return ConvNet(num_classes, tuple(mean), tuple(std), convs=(), dense=tuple(hidden))
@@ -76,6 +116,29 @@ def cnn_large(num_classes: int, mean, std) -> ConvNet:
     """DM-large (Gowal et al. 2018)."""
     convs = ((64, 3, 1, "SAME"), (64, 3, 1, "SAME"), (128, 3, 2, "SAME"), (128, 3, 1, "SAME"), (128, 3, 1, "SAME"))
     return ConvNet(num_classes, tuple(mean), tuple(std), convs=convs, dense=(512,))
+
+
+def madry_cnn(num_classes: int, mean, std) -> PoolConvNet:
+    """Madry et al. 2017 MNIST CNN: conv 32-5x5, pool 2, conv 64-5x5, pool 2 (all SAME), Dense(1024).
+
+    28x28 inputs give 7x7x64 = 3,136 features before the dense layer, as in the paper's model.
+    """
+    features = (("conv", 32, 5, "SAME"), ("pool", 2, "SAME"), ("conv", 64, 5, "SAME"), ("pool", 2, "SAME"))
+    return PoolConvNet(num_classes, tuple(mean), tuple(std), features=features, dense=(1024,))
+
+
+def trades_smallcnn(num_classes: int, mean, std) -> PoolConvNet:
+    """TRADES MNIST SmallCNN (Zhang et al. 2019): four unpadded 3x3 convs with two 2x2 max-pools, Dense(200) x2.
+
+    28x28 inputs give 4x4x64 = 1,024 features before the dense layers, as in the reference model. The
+    reference applies dropout 0.5 after the first dense layer during training; it is left out here because
+    `logits_fn(params, x)` is a pure function with no train mode or dropout key (at test time the two nets
+    compute the same function). The reference's initialisation (Kaiming-normal convs, zero last layer) is not
+    reproduced either: Flax's defaults are used, as for every model here.
+    """
+    features = (("conv", 32, 3, "VALID"), ("conv", 32, 3, "VALID"), ("pool", 2, "VALID"),
+                ("conv", 64, 3, "VALID"), ("conv", 64, 3, "VALID"), ("pool", 2, "VALID"))
+    return PoolConvNet(num_classes, tuple(mean), tuple(std), features=features, dense=(200, 200))
 
 
 def init_params(model: nn.Module, key: jax.Array, image_shape: Sequence[int]) -> dict:

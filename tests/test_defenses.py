@@ -220,3 +220,24 @@ def test_overfit_monitor_trips_on_collapse_and_keeps_healthy_params(digits_setup
     with_gap = overfit_monitor(logits_fn, x, y, jax.random.key(0), eps=DIGITS_EPS, steps=10, max_gap=0.3)
     row = with_gap.eval_fn(robust)
     assert row["stop"] == "" and row["holdout_fgsm_accuracy"] >= row["holdout_pgd_accuracy"]
+
+
+# --- the papers' own MNIST architectures ------------------------------------------------------------
+
+@pytest.mark.parametrize("builder", [models.madry_cnn, models.trades_smallcnn])
+def test_paper_architectures_give_ten_logits_on_mnist_shapes(builder):
+    model = builder(10, (0.1307,), (0.3081,))
+    params = models.init_params(model, jax.random.key(0), (28, 28, 1))
+    logits = models.make_logits_fn(model)(params, jnp.zeros((3, 28, 28, 1), jnp.float32))
+    assert logits.shape == (3, 10) and bool(jnp.all(jnp.isfinite(logits)))
+    assert isinstance(model, models.PoolConvNet) and not isinstance(model, models.ConvNet)
+    # the dense layer sees the paper's feature map: 7x7x64 (Madry, SAME pools) or 4x4x64 (SmallCNN, VALID)
+    assert params["Dense_0"]["kernel"].shape[0] == (7 * 7 * 64 if builder is models.madry_cnn else 4 * 4 * 64)
+
+
+def test_certifiers_reject_max_pool_models_clearly():
+    from bench.certify.network import network_from_model
+
+    for builder in (models.madry_cnn, models.trades_smallcnn):
+        with pytest.raises(BenchError, match="PoolConvNet"):
+            network_from_model(builder(10, (0.5,), (0.25,)))
