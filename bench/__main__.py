@@ -23,7 +23,7 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from bench import evaluate, models, records, train
+from bench import checkpoint, evaluate, models, records, train
 from bench.certify import evaluate as certify_eval
 from bench.defenses import overfitting
 from bench.errors import BenchError
@@ -32,6 +32,8 @@ from bench.errors import BenchError
 def run(cfg: DictConfig, run_dir: Path, choices: dict) -> "records.pd.DataFrame":
     """One experiment: everything is instantiated (and so validated) before any training."""
     started = time.perf_counter()
+    config = OmegaConf.to_container(cfg, resolve=True)
+    work = checkpoint.work_dir(config, cfg.checkpoint.dir, cfg.seed) if cfg.checkpoint.dir else None
     key = jax.random.key(cfg.seed)
     init_key, train_key, attack_key = jax.random.split(key, 3)
 
@@ -74,9 +76,11 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict) -> "records.pd.DataFrame"
         params = models.load_params(cfg.load_params, params)
         history = []
     else:
+        checkpointer = (checkpoint.Checkpointer(work, cfg.checkpoint.every_steps, cfg.checkpoint.resume)
+                        if work is not None else None)
         params, history = train.train(
             objective, params, optimizer, x_train, y_train, epochs=t.epochs, batch_size=t.batch_size,
-            key=train_key, progress=cfg.progress,
+            key=train_key, progress=cfg.progress, checkpointer=checkpointer,
             eval_fn=lambda p: {k: v for f in eval_fns for k, v in f(p).items()},
         )
         models.save_params(run_dir / "params.msgpack", params)
@@ -94,7 +98,8 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict) -> "records.pd.DataFrame"
                                            batch_size=suite_cfg.batch_size, progress=cfg.progress,
                                            cumulative=bool(suite_cfg.get("cumulative", False)),
                                            sanity=bool(suite_cfg.get("sanity", True)),
-                                           sanity_examples=int(suite_cfg.get("sanity_examples", 200)))
+                                           sanity_examples=int(suite_cfg.get("sanity_examples", 200)),
+                                           cache_dir=None if work is None else work / "eval" / checkpoint.params_digest(params))
     results.append(dict(evaluator="train", norm="none", eps=0.0, metric="seconds", value=train_seconds,
                         n=len(data.y_train), seconds=train_seconds))
     results.extend(train_rows)
@@ -112,10 +117,9 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict) -> "records.pd.DataFrame"
             failures = sum(f["count"] for f in err.failures)
         results.append(dict(evaluator="soundness", norm=suite_cfg.norm, eps=0.0, metric="failures",
                             value=float(failures), n=len(y_eval), seconds=0.0))
-    config = OmegaConf.to_container(cfg, resolve=True)
     context = dict(scenario=cfg.scenario.name, dataset=data.name, model=choices.get("model", "model"),
                    defense=choices.get("defense", "defense"),
-                   **records.provenance(config, seed=cfg.seed, data_fingerprint=data.fingerprint))
+                   **records.provenance(checkpoint.stable_config(config), seed=cfg.seed, data_fingerprint=data.fingerprint))
     frame = records.make_rows(results, context)
     records.write_records(run_dir, frame)
     if history:
@@ -135,7 +139,41 @@ def _bad_input(err: BaseException) -> str | None:
         if isinstance(err, MissingMandatoryValue):
             key = getattr(err, "full_key", "") or "a required field"
             return f"missing required value {key}; set it on the command line, e.g. {key}=..."
+        if isinstance(err, MemoryError) or "RESOURCE_EXHAUSTED" in str(err):
+            return ("out of memory: a batch does not fit; lower train.batch_size (training) or suite.batch_size "
+                    "(attacks), e.g. suite.batch_size=100")
         err = err.__cause__ or err.__context__
+    return None
+
+
+_HYDRA_FLAGS_WITHOUT_RUN = ("-m", "--multirun", "-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info",
+                            "-sc", "--shell-completion", "-p", "--package", "-cp", "--config-path", "-cn",
+                            "--config-name", "-cd", "--config-dir", "--run", "-r", "--resolve")
+
+
+def _check_overrides(args: list[str]) -> str | None:
+    """Compose the config from the command line before Hydra does, so that a malformed override, a value of
+    the wrong type (checked against bench/schema.py) or an unknown option is one line, not a report.
+
+    Only for a plain single run; sweeps and Hydra's own flags are left to Hydra."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if any(a.split("=")[0] in _HYDRA_FLAGS_WITHOUT_RUN for a in args):
+        return None
+    try:
+        with initialize_config_dir(config_dir=str(Path(__file__).resolve().parent.parent / "conf"),
+                                   version_base=None):
+            compose(config_name="config", overrides=args)
+    except (HydraException, OmegaConfBaseException) as err:
+        lines = []
+        while err is not None:  # Hydra's message, then its cause's (the type error itself)
+            lines += [line.strip() for line in str(err).split("Config search path")[0].splitlines()]
+            err = err.__cause__
+        keep = [line for line in lines if line and not line.startswith(
+            ("full_key", "reference_type", "object_type", "See https", "Set the environment"))]
+        return "; ".join(dict.fromkeys(keep)).replace(":;", ":") + " (`python -m bench --help` lists the options)"
     return None
 
 
@@ -144,6 +182,8 @@ def main(cfg: DictConfig) -> None:
     from bench import report
 
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # no "no TPU found" lines on CPU
+    if cfg.distributed:  # before anything touches a device
+        jax.distributed.initialize()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     choices = dict(HydraConfig.get().runtime.choices)
     try:
@@ -165,4 +205,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    if (problem := _check_overrides(sys.argv[1:])) is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
     main()

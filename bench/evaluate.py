@@ -30,10 +30,12 @@ with a human-readable `reason` (the measurement and its tolerance, see TOLERANCE
 from __future__ import annotations
 
 import inspect
+import io
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +44,9 @@ from tqdm.auto import tqdm
 
 from bench.attacks.pgd import pgd
 from bench.attacks.threat import Norm, apply_logits, check_eps, check_threat_model, cross_entropy, parse_norm
+from bench import sharding
 from bench.errors import BenchError
+from bench.records import atomic_write_bytes
 
 # What each sanity check tolerates before it trips (shares of the checked examples, or absolute accuracy).
 TOLERANCE = {
@@ -117,10 +121,24 @@ def build_suite(attacks: Mapping[str, Callable], norm: str, eps_list: Sequence[f
     return suite
 
 
-def _attack_examples(attack, logits_fn, params, x, y, idx, norm, eps, key, batch_size, pad):
-    """Attack x[idx]; a boolean per index: still classified correctly."""
+def _attack_examples(attack, logits_fn, params, x, y, idx, norm, eps, key, batch_size, pad, cache: Path | None = None):
+    """Attack x[idx]; a boolean per index: still classified correctly.
+
+    With a `cache` file, the result is saved after every batch and a rerun
+    (same suite, same parameters, e.g. after a kill) skips the batches done.
+    """
     still = np.zeros(len(idx), bool)
+    done = 0
+    if cache is not None and cache.is_file():
+        try:
+            with np.load(cache, allow_pickle=False) as saved:
+                if np.array_equal(saved["idx"], idx):
+                    still, done = saved["still"].copy(), int(saved["done"])
+        except (OSError, ValueError, KeyError):  # a damaged cache is recomputed, never trusted
+            done = 0
     for b, s in enumerate(_batches(len(idx), batch_size)):
+        if b < done:
+            continue
         sel = idx[s]
         xb, yb = x[sel], y[sel]
         m = len(sel)
@@ -129,22 +147,30 @@ def _attack_examples(attack, logits_fn, params, x, y, idx, norm, eps, key, batch
             xb = np.concatenate([xb, np.repeat(xb[:1], size - m, axis=0)])
             yb = np.concatenate([yb, np.repeat(yb[:1], size - m, axis=0)])
         k = jax.random.fold_in(key, b)
-        x_adv = attack(logits_fn, params, jnp.asarray(xb), jnp.asarray(yb), k)
+        x_dev, y_dev = sharding.shard_batch(xb, yb)
+        x_adv = attack(logits_fn, params, x_dev, y_dev, k)
         check_threat_model(xb, x_adv, norm, eps)
         pred = np.asarray(_predict_batch(logits_fn, params, x_adv, jax.random.fold_in(k, _PREDICT_KEY)))
         still[s] = (pred == yb)[:m]
+        if cache is not None:
+            buffer = io.BytesIO()
+            np.savez(buffer, idx=idx, still=still, done=b + 1)
+            atomic_write_bytes(cache, buffer.getvalue())
     return still
 
 
 def evaluate_evasion(logits_fn, params, x: np.ndarray, y: np.ndarray, suite: Mapping[tuple[float, str], Callable],
                      norm: str, key: jax.Array, batch_size: int = 1000, progress: bool = True, *,
-                     cumulative: bool = False, sanity: bool = True, sanity_examples: int = 200):
+                     cumulative: bool = False, sanity: bool = True, sanity_examples: int = 200,
+                     cache_dir: str | Path | None = None):
     """Run every attack of `suite` on (x, y), then the sanity checks.
 
     Args:
       suite: {(eps, name): attack} from `build_suite`; order matters in cumulative mode.
       cumulative: attacks run in order on the examples still robust (AutoAttack); else each on all examples.
       sanity: run the sanity checks (module docstring) on the first `sanity_examples` examples.
+      cache_dir: keep per-example results of every (epsilon, attack) there as batches finish; a rerun with
+        the same suite and parameters skips what is done (the caller keys the folder on both).
 
     Returns (results, per_example): results are flat dicts (evaluator, norm, eps,
     metric, value, n, seconds[, reason]); per_example maps (eps, evaluator) to a
@@ -171,8 +197,10 @@ def evaluate_evasion(logits_fn, params, x: np.ndarray, y: np.ndarray, suite: Map
             bar.set_postfix_str(f"{name} eps={eps:g}")
             t0 = time.perf_counter()
             idx = np.flatnonzero(worst) if cumulative else np.arange(n)
+            cache = Path(cache_dir) / f"{i}-{j}-{name}.npz" if cache_dir is not None else None
             still = _attack_examples(attack, logits_fn, params, x, y, idx, norm, eps,
-                                     jax.random.fold_in(jax.random.fold_in(key, i), j), batch_size, pad=cumulative)
+                                     jax.random.fold_in(jax.random.fold_in(key, i), j), batch_size, pad=cumulative,
+                                     cache=cache)
             robust = np.zeros(n, bool)
             robust[idx] = still
             robust &= clean  # a misclassified clean example is not robust

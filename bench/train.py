@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+import json
+import sys
 from collections.abc import Callable
 
 import jax
@@ -11,6 +13,8 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from bench import sharding
+from bench.checkpoint import Checkpointer
 from bench.errors import BenchError
 
 
@@ -70,11 +74,21 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return n // batch_size
 
 
+class NonFiniteLoss(BenchError):
+    """The training loss became NaN or inf; the message names the step, the batch and the last good checkpoint."""
+
+
+def _epoch_rng(seed_words: list[int], epoch: int) -> np.random.Generator:
+    """The data-order generator of one epoch: a function of (seed, epoch) only, so a resumed run sees the same order."""
+    return np.random.default_rng([*seed_words, int(epoch)])
+
+
 def train(objective: Callable, params, optimizer: optax.GradientTransformation, x_train: np.ndarray,
           y_train: np.ndarray, *, epochs: int, batch_size: int, key: jax.Array,
           eval_fn: Callable[[dict], dict] | None = None, progress: bool = True,
           grad_fn: Callable[[Callable], Callable] | None = None,
-          sampler: Callable[[int, np.random.Generator], list[np.ndarray]] | None = None):
+          sampler: Callable[[int, np.random.Generator], list[np.ndarray]] | None = None,
+          checkpointer: Checkpointer | None = None):
     """Minimise `objective` over `epochs` passes of seeded shuffled mini-batches.
 
     Returns (params, history) where history has one dict per epoch: mean loss,
@@ -82,13 +96,23 @@ def train(objective: Callable, params, optimizer: optax.GradientTransformation, 
     dict has a non-empty "stop" entry (a reason), training stops after this epoch
     (early stopping, e.g. on catastrophic overfitting); the reason stays in history.
 
+    Each batch is split over all devices (`bench.sharding`); with one device
+    this is plain single-device training, with N the same computation SPMD.
+
+    With a `checkpointer` (`bench.checkpoint`), the state is saved every
+    `checkpointer.every_steps` steps and at the end of each epoch, and a saved
+    state is resumed from: the run continues at the saved step with the same
+    data order and keys, so it ends with the same parameters as one that was
+    never interrupted. A NaN or inf loss raises `NonFiniteLoss` naming the step,
+    the batch and the last good checkpoint; a bad state is never saved.
+
     Two hooks put a gradient transformation on top of the objective (DP-SGD,
     `bench.defenses.dp_sgd`); without them training is as described above:
     - `grad_fn(objective)` returns `(params, batch, key, step, is_padding) ->
       ((loss, aux), grads)`; default `jax.value_and_grad(objective)`.
     - `sampler(epoch, rng)` returns that epoch's batches as index arrays into
       x_train, -1 marking padding (`is_padding`); default a fresh permutation cut
-      into full batches of `batch_size`.
+      into full batches of `batch_size`. `rng` depends only on (key, epoch).
     """
     if int(epochs) < 0:
         raise BenchError(f"epochs must be >= 0, got {epochs}")
@@ -107,42 +131,80 @@ def train(objective: Callable, params, optimizer: optax.GradientTransformation, 
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss, aux
 
-    opt_state = optimizer.init(params)
     shuffle_key, step_key = jax.random.split(key)
-    rng = np.random.default_rng(np.asarray(jax.random.key_data(shuffle_key)).tolist())
-    history = []
-    bar = tqdm(total=epochs * per_epoch, desc="train", disable=None if progress else True,
-               mininterval=1.0, leave=False)  # None: no bar when stderr is not a terminal
-    step = 0
-    for epoch in range(epochs):
-        if sampler is None:
-            order = rng.permutation(n)
-            batches = [order[b * batch_size : (b + 1) * batch_size] for b in range(per_epoch)]
-        else:
-            batches = sampler(epoch, rng)
-        losses, auxes = [], []
-        for idx in batches:
+    seed_words = np.asarray(jax.random.key_data(shuffle_key)).ravel().tolist()
+
+    def epoch_batches(epoch):
+        rng = _epoch_rng(seed_words, epoch)
+        if sampler is not None:
+            return sampler(epoch, rng)
+        order = rng.permutation(n)
+        return [order[b * batch_size : (b + 1) * batch_size] for b in range(per_epoch)]
+
+    state = dict(params=params, opt_state=optimizer.init(params), step=0, epoch=0, batch=0, sums="{}", history=[])
+    saved = checkpointer.load(state) if checkpointer is not None else None
+    if saved is not None:
+        state = saved
+        print(f"resuming from {checkpointer.path} at step {state['step']} (epoch {state['epoch'] + 1}, "
+              f"batch {state['batch']})", file=sys.stderr)
+    params, opt_state = sharding.replicate(state["params"]), sharding.replicate(state["opt_state"])
+    step, history = state["step"], list(state["history"])
+    sums = json.loads(state["sums"])  # running sums of the current epoch: {"count", "loss", aux names...}
+    last_good = (checkpointer.path, step) if saved is not None else None
+
+    bar = tqdm(total=epochs * per_epoch, initial=min(step, epochs * per_epoch), desc="train",
+               disable=None if progress else True, mininterval=1.0, leave=False)  # None: no bar without a terminal
+    pending = []  # (step, epoch, batch, loss, aux) on the device, not yet added to `sums`
+
+    def flush():
+        """Bring pending losses to the host; stop at the first non-finite one."""
+        for (at_step, at_epoch, at_batch, loss, aux) in jax.device_get(pending):
+            if not np.isfinite(loss):
+                where = (f"last good checkpoint: {last_good[0]} (step {last_good[1]}); a rerun resumes from it"
+                         if last_good else "no checkpoint was saved before it (set checkpoint.every_steps)")
+                raise NonFiniteLoss(f"training loss became {float(loss)} at step {at_step} (epoch {at_epoch + 1}, "
+                                    f"batch {at_batch}); {where}; lower train.learning_rate or check the data")
+            sums["count"] = sums.get("count", 0) + 1
+            sums["loss"] = sums.get("loss", 0.0) + float(loss)
+            for k, v in aux.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        pending.clear()
+
+    def save(epoch, batch):
+        nonlocal last_good
+        flush()
+        path = checkpointer.save(dict(params=params, opt_state=opt_state, step=step, epoch=epoch, batch=batch,
+                                      sums=json.dumps(sums), history=history))
+        last_good = (path, step)
+
+    stopped = bool(history and history[-1].get("stop"))  # a run that stopped early stays stopped when resumed
+    for epoch in range(state["epoch"], epochs if not stopped else 0):
+        batches = epoch_batches(epoch)
+        first = state["batch"] if epoch == state["epoch"] else 0
+        for b in range(first, len(batches)):
+            idx = batches[b]
             is_padding = idx < 0
             idx = np.where(is_padding, 0, idx)
-            params, opt_state, loss, aux = train_step(
-                params, opt_state, x_train[idx], y_train[idx], is_padding, jax.random.fold_in(step_key, step),
-                jnp.int32(step)
-            )
-            losses.append(loss)
-            auxes.append(aux)
+            x, y, is_padding = sharding.shard_batch(x_train[idx], y_train[idx], is_padding)
+            params, opt_state, loss, aux = train_step(params, opt_state, x, y, is_padding,
+                                                      jax.random.fold_in(step_key, step), jnp.int32(step))
+            pending.append((step, epoch, b, loss, aux))
             step += 1
             bar.update(1)
-        mean_loss = float(np.mean(jax.device_get(losses)))
-        if not np.isfinite(mean_loss):
-            raise BenchError(f"training loss became {mean_loss} in epoch {epoch + 1}; lower train.learning_rate")
-        row = {"epoch": epoch + 1, "loss": mean_loss}
-        row.update({k: float(np.mean([a[k] for a in jax.device_get(auxes)])) for k in (auxes[0] if auxes else {})})
+            if checkpointer is not None and checkpointer.due(step) and b + 1 < len(batches):
+                save(epoch, b + 1)
+        flush()
+        count = max(sums.pop("count", 0), 1)
+        row = {"epoch": epoch + 1, **{k: v / count for k, v in sums.items()}}
+        sums = {}
         if eval_fn is not None:
             row.update(eval_fn(params))
         history.append(row)
         bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k != "epoch" and isinstance(v, float)})
         if progress:
             bar.write("epoch " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        if checkpointer is not None:
+            save(epoch + 1, 0)
         if row.get("stop"):
             break
     bar.close()

@@ -1,0 +1,85 @@
+"""Training checkpoints and the per-run work folder that makes reruns resume.
+
+A run's *work folder* is `checkpoint.dir/<hash>-s<seed>`, where the hash covers
+the config minus the settings that cannot change a result (progress bars, the
+checkpoint settings themselves). Rerunning the same command therefore finds the
+same folder: training continues from its last checkpoint and the evaluation
+skips the attack batches already done (`bench.evaluate`).
+
+A checkpoint is one Flax-msgpack file (no pickle) holding the parameters, the
+optimizer state, the step, the epoch and batch position in the data order, the
+epoch's running loss sums and the history so far. The random keys need no
+saving: every step's key is `fold_in(key, step)` and every epoch's data order
+comes from a generator seeded by (seed, epoch). Files are written atomically,
+so a kill leaves either the old checkpoint or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from flax import serialization
+
+from bench.errors import BenchError
+from bench.records import atomic_write_bytes, config_hash
+
+CHECKPOINT_FILE = "train_state.msgpack"
+# Config keys that cannot change any number a run produces; they stay out of the work-folder hash.
+VOLATILE_KEYS = ("progress", "checkpoint")
+
+
+def stable_config(config: dict) -> dict:
+    """The config without the keys that cannot change a result: what records hash and work folders are named by."""
+    return {k: v for k, v in config.items() if k not in VOLATILE_KEYS}
+
+
+def work_dir(config: dict, root: str | Path, seed: int) -> Path:
+    """The folder a run keeps its resumable state in: the same for the same config and seed."""
+    return Path(root) / f"{config_hash(stable_config(config))}-s{int(seed)}"
+
+
+def params_digest(params) -> str:
+    """First 16 hex digits of the sha256 of the serialised parameters: keys caches that are only valid for them."""
+    return hashlib.sha256(serialization.to_bytes(jax.device_get(params))).hexdigest()[:16]
+
+
+class Checkpointer:
+    """Save and restore the training state in `folder` every `every_steps` steps (0: only at the end)."""
+
+    def __init__(self, folder: str | Path, every_steps: int = 0, resume: bool = True):
+        if int(every_steps) < 0:
+            raise BenchError(f"checkpoint.every_steps must be >= 0, got {every_steps}")
+        self.folder = Path(folder)
+        self.every_steps = int(every_steps)
+        self.resume = bool(resume)
+
+    @property
+    def path(self) -> Path:
+        return self.folder / CHECKPOINT_FILE
+
+    def due(self, step: int) -> bool:
+        return self.every_steps > 0 and step % self.every_steps == 0
+
+    def save(self, state: dict[str, Any]) -> Path:
+        state = dict(state, history=json.dumps(state["history"]))
+        return atomic_write_bytes(self.path, serialization.to_bytes(jax.device_get(state)))
+
+    def load(self, like: dict[str, Any]) -> dict[str, Any] | None:
+        """The saved state in the structure of `like`, or None when there is none (or resume is off)."""
+        if not self.resume or not self.path.is_file():
+            return None
+        template = dict(like, history="")
+        try:
+            state = serialization.from_bytes(template, self.path.read_bytes())
+            state["history"] = json.loads(state["history"])
+        except Exception as err:  # msgpack and the state-dict restore raise several types for a damaged file
+            raise BenchError(f"checkpoint {self.path} is corrupted or truncated ({type(err).__name__}); delete it to "
+                             "train from scratch, or pass checkpoint.resume=false") from None
+        for key in ("step", "epoch", "batch"):
+            state[key] = int(np.asarray(state[key]))
+        return state
