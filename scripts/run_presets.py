@@ -1,7 +1,7 @@
 """Run every reduced paper preset and write measured numbers next to the papers' into results/presets.md.
 
     python scripts/run_presets.py                 # run all conf/experiment/*_reduced.yaml, then write the table
-    python scripts/run_presets.py --reuse         # keep runs that already have records, run the rest
+    python scripts/run_presets.py --reuse         # keep runs whose records match the preset file, run the rest
     python scripts/run_presets.py --only trades_mnist_reduced --only madry_mnist_reduced
     python scripts/run_presets.py --reuse --autoattack  # also evaluate each trained model with suite=autoattack
     python scripts/run_presets.py --report-only         # rewrite results/presets.md from the existing runs
@@ -33,6 +33,38 @@ from bench.records import RECORDS_FILE, atomic_write_bytes, read_records  # noqa
 
 def reduced_presets() -> list[str]:
     return sorted(p.stem for p in EXPERIMENTS.glob("*_reduced.yaml"))
+
+
+def _leaves(node, prefix=""):
+    """(dotted key, value) for every leaf of a plain dict; lists are leaves."""
+    for key, value in node.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from _leaves(value, path + ".")
+        else:
+            yield path, value
+
+
+def stale_reason(name: str, run_dir: Path) -> str:
+    """Why an existing run no longer matches its preset file ("" when it does), so --reuse never keeps a stale run.
+
+    Compares the preset's config-group choices with the run's saved Hydra choices and every value the preset
+    sets with the run's saved config.
+    """
+    preset = OmegaConf.to_container(OmegaConf.load(EXPERIMENTS / f"{name}.yaml"))
+    saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    choices = OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra.runtime.choices
+    for entry in preset.pop("defaults", []):
+        for key, value in (entry.items() if isinstance(entry, dict) else ()):
+            group = key.split("/")[-1]
+            if group in choices and choices[group] != value:
+                return f"{group}={choices[group]} in the run, {value} in the preset"
+    for key, value in _leaves(preset):
+        have = OmegaConf.select(saved, key, default="<missing>")
+        have = OmegaConf.to_container(have) if OmegaConf.is_config(have) else have
+        if have != value:
+            return f"{key}={have} in the run, {value} in the preset"
+    return ""
 
 
 def run_preset(name: str, run_dir: Path, extra: list[str]) -> None:
@@ -159,7 +191,8 @@ def write_report(rows: list[dict], out: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", action="append", default=None, help="run only this preset (repeatable)")
-    parser.add_argument("--reuse", action="store_true", help="keep runs that already have records")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep runs that already have records and still match their preset file")
     parser.add_argument("--autoattack", action="store_true",
                         help="also evaluate each trained model with suite=autoattack (reused with --reuse)")
     parser.add_argument("--report-only", action="store_true", help="run nothing; write the table from existing runs")
@@ -175,8 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in [] if args.report_only else names:
         run_dir = runs / name
         if args.reuse and (run_dir / RECORDS_FILE).exists():
-            print(f"  {name}: reusing {run_dir}", flush=True)
-            continue
+            reason = stale_reason(name, run_dir)
+            if not reason:
+                print(f"  {name}: reusing {run_dir}", flush=True)
+                continue
+            print(f"  {name}: rerunning, the preset changed since the run ({reason})", flush=True)
         shutil.rmtree(run_dir / "autoattack", ignore_errors=True)  # it evaluated the parameters being replaced
         run_preset(name, run_dir, args.overrides)
     for name in names if args.autoattack and not args.report_only else []:
