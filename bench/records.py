@@ -13,6 +13,7 @@ import os
 import subprocess
 import tempfile
 import time
+import uuid
 from importlib import metadata
 from pathlib import Path
 
@@ -61,7 +62,8 @@ def provenance(config: dict, *, seed: int, data_fingerprint: str, run_id: str | 
     """The provenance fields shared by every row of one run."""
     digest = config_hash(config)
     return {
-        "run_id": run_id or f"{digest}-{seed}-{time.strftime('%Y%m%dT%H%M%S')}",
+        # the random suffix tells apart identical runs started in the same second (parallel sweep jobs)
+        "run_id": run_id or f"{digest}-{seed}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}",
         "config_hash": digest,
         "git_rev": git_rev(),
         "versions": versions(),
