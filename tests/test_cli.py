@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import pandas as pd
 import pytest
 
 from bench import records, report
+from bench.errors import BenchError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["dataset=digits", "train.epochs=2", "train.batch_size=64", "suite.eps=[0.05,0.1]", "suite.n_examples=64",
@@ -56,6 +58,11 @@ def test_help_lists_the_config_groups():
     ("train.batch_size=0", "batch_size must be >= 1"),
     ("dataset=files", "missing required value dataset.path"),
     ("dataset=tfds", "Offline datasets: digits, mnist5k"),
+    ("train.epochs=ten", "Value 'ten' of type 'str' could not be converted to Integer"),  # bench/schema.py
+    ("seed=1.5", "could not be converted to Integer"),
+    ("train.epochs=[1", "no viable alternative at input '[1'"),                            # malformed syntax
+    ("train.nosuch=3", "Key 'nosuch' not in 'Train'"),
+    ("checkpoint.every_steps=-1", "checkpoint.every_steps must be >= 0"),
 ])
 def test_bad_input_is_one_clear_line(override, message, tmp_path):
     out = _bench("dataset=digits", "progress=false", f"hydra.run.dir={tmp_path}", override)
@@ -63,6 +70,30 @@ def test_bad_input_is_one_clear_line(override, message, tmp_path):
     assert message in out.stderr
     assert "Traceback" not in out.stderr
     assert not list(tmp_path.rglob(records.RECORDS_FILE))
+
+
+def test_one_line_errors_are_one_line(tmp_path):
+    out = _bench("dataset=digits", f"hydra.run.dir={tmp_path}", "train.epochs=ten")
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and out.stderr.startswith("error: ")
+
+
+def test_out_of_memory_suggests_a_smaller_batch():
+    from bench.__main__ import _bad_input
+
+    err = RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 81604378624 bytes.")
+    wrapped = ValueError("attack failed")
+    wrapped.__cause__ = err
+    assert "suite.batch_size" in _bad_input(wrapped) and "train.batch_size" in _bad_input(wrapped)
+    assert _bad_input(ValueError("something else")) is None
+
+
+def test_invalid_records_file_is_a_clear_error_and_kept(tmp_path, capsys):
+    bad = tmp_path / "run" / records.RECORDS_FILE
+    bad.parent.mkdir()
+    bad.write_bytes(b"not parquet")
+    assert report.main([str(tmp_path)]) == 2
+    assert "is not a valid records file" in capsys.readouterr().err
+    assert bad.read_bytes() == b"not parquet"
 
 
 def test_report_on_missing_records_is_a_clear_error(tmp_path, capsys):
@@ -81,3 +112,13 @@ def test_certified_suite_shows_the_sandwich(tmp_path):
     for eps in ("0.01", "0.05"):
         assert table["clean"] >= table[f"linf {eps}"] >= table[f"certified linf {eps}"]
     assert table["certified linf 0.01"] > 0  # CROWN certifies something at a tiny epsilon
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes to read-only folders")
+def test_read_only_results_folder_is_a_clear_error(tmp_path):
+    tmp_path.chmod(0o555)
+    try:
+        with pytest.raises(BenchError, match="read-only"):
+            records.write_records(tmp_path / "run", pd.DataFrame({"a": [1]}))
+    finally:
+        tmp_path.chmod(0o755)
