@@ -30,7 +30,7 @@ peers: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[peers]'
 
 clean:
-	rm -rf $(VENV) results/runs multirun
+	rm -rf $(VENV) results/runs results/checkpoints multirun
 
 # Side-by-side PGD-40 against torchattacks; writes results/peer_pgd.md. Installs the `peers` extra into .venv
 # (about 5.5 GB of torch) unless PEERS_PYTHON names an interpreter that already has it, e.g.
@@ -51,3 +51,10 @@ presets: $(STAMP)
 .PHONY: peers-autoattack
 peers-autoattack: $(if $(PEERS_PYTHON),,peers)
 	$(or $(PEERS_PYTHON),$(BIN)/python) scripts/peer_autoattack.py
+
+# Our DP-SGD (jax-privacy) against Opacus on cnn_small, mnist5k: step time and epsilon of each accountant;
+# writes results/peer_opacus.md. Needs torch + opacus: pass PEERS_PYTHON=/path/to/python of an environment
+# that has them (e.g. /tmp/venv-peers/bin/python), else the `peers` extra is installed.
+.PHONY: peers-opacus
+peers-opacus: $(if $(PEERS_PYTHON),,peers)
+	$(or $(PEERS_PYTHON),$(BIN)/python) scripts/peer_opacus.py

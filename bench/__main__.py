@@ -33,6 +33,8 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict) -> "records.pd.DataFrame"
     """One experiment: everything is instantiated (and so validated) before any training."""
     started = time.perf_counter()
     config = OmegaConf.to_container(cfg, resolve=True)
+    if cfg.checkpoint.every_steps < 0:
+        raise BenchError(f"checkpoint.every_steps must be >= 0, got {cfg.checkpoint.every_steps}")
     work = checkpoint.work_dir(config, cfg.checkpoint.dir, cfg.seed) if cfg.checkpoint.dir else None
     key = jax.random.key(cfg.seed)
     init_key, train_key, attack_key = jax.random.split(key, 3)

@@ -1,8 +1,8 @@
 """Training checkpoints and the per-run work folder that makes reruns resume.
 
-A run's *work folder* is `checkpoint.dir/<hash>-s<seed>`, where the hash covers
-the config minus the settings that cannot change a result (progress bars, the
-checkpoint settings themselves). Rerunning the same command therefore finds the
+A run's *work folder* is `checkpoint.dir/<hash>-s<seed>-<code>`, where the hash
+covers the config minus the settings that cannot change a result (progress bars,
+the checkpoint settings themselves) and <code> is a digest of the package source. Rerunning the same command therefore finds the
 same folder: training continues from its last checkpoint and the evaluation
 skips the attack batches already done (`bench.evaluate`).
 
@@ -16,6 +16,7 @@ so a kill leaves either the old checkpoint or the new one, never half of one.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -38,9 +39,20 @@ def stable_config(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in VOLATILE_KEYS}
 
 
+@functools.cache
+def code_digest() -> str:
+    """sha256 (first 8 hex digits) of every source file of the `bench` package: state saved by other code
+    (another commit, or uncommitted edits) is never resumed."""
+    digest = hashlib.sha256()
+    package = Path(__file__).resolve().parent
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:8]
+
+
 def work_dir(config: dict, root: str | Path, seed: int) -> Path:
-    """The folder a run keeps its resumable state in: the same for the same config and seed."""
-    return Path(root) / f"{config_hash(stable_config(config))}-s{int(seed)}"
+    """The folder a run keeps its resumable state in: the same for the same config, seed and code."""
+    return Path(root) / f"{config_hash(stable_config(config))}-s{int(seed)}-{code_digest()}"
 
 
 def params_digest(params) -> str:
