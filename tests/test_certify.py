@@ -18,7 +18,7 @@ from bench.attacks.threat import Norm
 from bench.certify import CERTIFIERS, SoundnessFailure, evaluate_certified, randomized_smoothing, soundness_check
 from bench.certify.crown import Intermediate, crown_margin_lower, crown_preactivation_bounds
 from bench.certify.ibp import ibp_margin_lower
-from bench.certify.network import Dense, Flatten, Normalize, ReLU, forward, network_from_model
+from bench.certify.network import Dense, Flatten, Normalize, ReLU, conv_transpose, forward, network_from_model
 from bench.certify.smoothing import ABSTAIN, certify_from_counts, predict_from_counts
 from bench.defenses.certified import crown_ibp_training, ibp_training
 from bench.defenses.gaussian import gaussian_augmentation
@@ -90,6 +90,40 @@ def test_forward_matches_model_and_unsupported_models_fail():
         network_from_model(object())
     with pytest.raises(BenchError, match="unsupported layer"):
         CERTIFIERS["ibp"]()(("not a layer",), {}, jnp.zeros((1, 2)), jnp.zeros(1, int), 0.1)
+
+
+@pytest.mark.parametrize("kernel,stride,padding,size", [(4, 2, ((1, 1), (1, 1)), 8), (3, 2, "SAME", 7),
+                                                         (4, 2, "SAME", 9), (3, 1, "VALID", 6), (2, 2, "VALID", 5)])
+def test_conv_transpose_and_its_vjp_match_autodiff(kernel, stride, padding, size):
+    """The hand-written conv transpose (space-to-depth where the kernel tiles the stride) and its VJP."""
+    keys = jax.random.split(jax.random.key(3), 4)
+    k = jax.random.normal(keys[0], (kernel, kernel, 3, 4))
+    conv = lambda v, k: jax.lax.conv_general_dilated(v, k, (stride, stride), padding,
+                                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    in_spec = jax.ShapeDtypeStruct((5, size, size, 3), jnp.float32)
+    a = jax.random.normal(keys[1], jax.eval_shape(conv, in_spec, k).shape)
+    reference = lambda k, a: jax.linear_transpose(lambda v: conv(v, k), in_spec)(a)[0]
+    ours = lambda k, a: conv_transpose(k, a, stride, padding, (size, size, 3))
+    np.testing.assert_allclose(ours(k, a), reference(k, a), rtol=1e-5, atol=1e-5)
+    g = jax.random.normal(keys[2], in_spec.shape)
+    loss = lambda f: lambda k, a: jnp.sum(g * jnp.tanh(f(k, a)))
+    for got, want in zip(jax.grad(loss(ours), (0, 1))(k, a), jax.grad(loss(reference), (0, 1))(k, a)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_unsupported_model_classes_are_rejected():
+    """Any Flax module other than ConvNet (e.g. one with max-pooling) is a BenchError, never a wrong bound."""
+    import flax.linen as nn
+
+    class Pooled(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(3)(nn.max_pool(x, (2, 2)).reshape(x.shape[0], -1))
+
+    with pytest.raises(BenchError, match="ConvNet"):
+        network_from_model(Pooled())
+    with pytest.raises(BenchError, match="ConvNet"):
+        CERTIFIERS["crown"]()(Pooled(), {}, jnp.zeros((1, 4, 4, 1)), jnp.zeros(1, int), 0.1)
 
 
 def _random_net(kind, seed):

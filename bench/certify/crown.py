@@ -30,9 +30,9 @@ import optax
 
 from bench.attacks.threat import Norm, parse_norm
 from bench.certify.domain import InputSet, concretize, input_set
-from bench.certify.ibp import mark_true_class, first_block_bounds, interval_block
-from bench.certify.network import (Network, as_network, block_input_shapes, blocks, check_params, margin_spec,
-                                   num_logits, transpose_block)
+from bench.certify.ibp import first_block_bounds, interval_block
+from bench.certify.network import (Network, as_network, block_input_shapes, blocks, check_params, margin_spec_others,
+                                   num_logits, scatter_margins, transpose_block)
 from bench.errors import BenchError
 
 
@@ -130,7 +130,8 @@ def crown_margin_lower(network: Network, params, x, y, eps, *, norm: Norm = Norm
     domain = input_set(x, eps)
     shapes = block_input_shapes(net_blocks, params, x)
     pre = preactivation_bounds(net_blocks, params, domain, norm, intermediate, lower_slope, shapes)
-    spec = margin_spec(y, num_logits(network, params, x), x.dtype)
+    num_classes = num_logits(network, params, x)
+    spec = margin_spec_others(y, num_classes, x.dtype)  # the true class's row is 0: not back-substituted
     last = len(net_blocks) - 1
 
     def bound(alphas):
@@ -151,7 +152,7 @@ def crown_margin_lower(network: Network, params, x, y, eps, *, norm: Norm = Norm
             return alphas, state, jnp.maximum(best, bound(alphas))
 
         _, _, best = jax.lax.fori_loop(0, alpha_steps, step, (start, optimizer.init(start), best))
-    return mark_true_class(best, y)
+    return scatter_margins(best, y, num_classes)
 
 
 @partial(jax.jit, static_argnames=("network", "norm", "intermediate", "lower_slope"))
