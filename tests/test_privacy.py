@@ -64,11 +64,12 @@ def test_plan_checks_its_budget():
         dp_sgd.plan(4000, clip_norm=0.0, batch_size=250, epochs=2, noise_multiplier=1.0)
 
 
-def test_clipping_sensitivity_on_neighbouring_batches():
+@pytest.mark.parametrize("microbatch_size", [1, None])
+def test_clipping_sensitivity_on_neighbouring_batches(microbatch_size):
     """Removing one example moves the clipped sum by at most C; replacing one by at most 2C (and nearly 2C)."""
     logits_fn, params = _tiny_model()
     clip = 0.05
-    value_and_grad = jax.jit(dp_sgd.clipped_value_and_grad(clip)(standard(logits_fn)))
+    value_and_grad = jax.jit(dp_sgd.clipped_value_and_grad(clip, microbatch_size)(standard(logits_fn)))
     rng = np.random.default_rng(0)
     worst_remove = worst_replace = 0.0
     for trial in range(20):
@@ -104,14 +105,35 @@ def test_noise_has_the_configured_scale():
         assert stats.kstest(noise, "norm", args=(0, factor * sigma * clip)).pvalue < 1e-6
 
 
+def test_microbatched_and_vmapped_clipping_agree():
+    """microbatch_size=1 (a loop that stops at the last real example) and None (one vmap) give the same sum."""
+    logits_fn, params = _tiny_model()
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 1, (8, 2, 2, 1)).astype(np.float32) * 5
+    y = rng.integers(0, 3, 8).astype(np.int32)
+    pad = np.array([False, False, True, False, False, False, True, True])  # padding inside and at the end
+    out = {mb: jax.jit(dp_sgd.clipped_value_and_grad(0.1, mb)(standard(logits_fn)))(params, (x, y), jax.random.key(0),
+                                                                                   0, pad)
+           for mb in (1, 2, None)}
+    for mb in (1, 2):
+        (loss, aux), g = out[mb]
+        (loss0, aux0), g0 = out[None]
+        assert float(loss) == pytest.approx(float(loss0), rel=1e-5)
+        for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g0)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    with pytest.raises(BenchError, match="multiple of microbatch_size"):
+        dp_sgd.clipped_value_and_grad(0.1, 3)(standard(logits_fn))(params, (x, y), jax.random.key(0), 0, pad)
+
+
 def test_poisson_sampler_pads_and_counts_steps():
     s = dp_sgd.PoissonSampler(1000, 0.05, steps=30, steps_per_epoch=20, pad_multiple=16)
     rng = np.random.default_rng(0)
     first, second = s(0, rng), s(1, rng)
     assert len(first) == 20 and len(second) == 10 and s.steps_taken == 30
     sizes = []
+    assert s.batch_shape % 16 == 0 and s.batch_shape > 80  # binomial(1000, 0.05) exceeds 80 with prob < 1e-6
     for idx in first + second:
-        assert idx.size % 16 == 0 and idx.size > 0
+        assert idx.size == s.batch_shape  # one shape: the step compiles once
         real = idx[idx >= 0]
         assert np.all(idx[len(real):] == -1) and len(np.unique(real)) == len(real) and real.max() < 1000
         sizes.append(len(real))

@@ -3,16 +3,25 @@
 Not a training loop of its own: the three pieces plug into `bench.train.train`
 around any defense objective `(params, batch, key, step) -> (loss, aux)`:
 
-- `clipped_value_and_grad(clip_norm)`: the `grad_fn` hook; per-example
-  gradients of the objective clipped to L2 norm `clip_norm` and summed
-  (`jax_privacy.clipped_grad`; padding examples contribute zero).
+- `clipped_value_and_grad(clip_norm, microbatch_size)`: the `grad_fn` hook;
+  per-example gradients of the objective clipped to L2 norm `clip_norm` and
+  summed (`jax_privacy.clipped_grad`; padding examples contribute zero).
 - `dp_optimizer(...)`: an optax chain of `jax_privacy.noise_addition.gaussian_privatizer`
   (N(0, (sigma * clip_norm)^2) per coordinate on the clipped sum), division by
   the expected batch size q*n, then any optax optimizer (DP-SGD, DP-Adam, ...).
 - `PoissonSampler`: the `sampler` hook; Poisson batches of
   `jax_privacy.batch_selection.CyclicPoissonSampling` (each example joins each
   step independently with probability q), padded with -1 to a multiple of
-  `pad_multiple` so that only a few batch shapes are compiled.
+  `pad_multiple`, and at least to a size that a Poisson batch exceeds with
+  probability below 1e-6, so that the training step compiles once.
+
+Speed on XLA:CPU (scripts/dp_speed.py, results/dp_speed.md): with the whole
+batch vmapped at once (`microbatch_size=None`), jax-privacy materialises every
+per-example gradient and sums them over the leading (batch) axis, a reduction
+XLA:CPU runs very slowly; `microbatch_size=1` (the default here) instead loops
+over the examples (`optax.microbatching`), accumulating each clipped gradient
+into one buffer, and stops at the last real example, so padding costs nothing.
+On accelerators the vmapped form is the fast one: set `microbatch_size: null`.
 
 `plan` turns the configured budget (noise multiplier or target epsilon, batch
 size or sampling rate, epochs or steps, delta) into numbers; accounting is in
@@ -87,7 +96,7 @@ def plan(n: int, *, clip_norm: float, batch_size: int | None = None, sampling_ra
     return DpPlan(float(clip_norm), float(noise_multiplier), q, steps, delta, int(n), max(1, round(1 / q)))
 
 
-def clipped_value_and_grad(clip_norm: float) -> Callable[[Callable], Callable]:
+def clipped_value_and_grad(clip_norm: float, microbatch_size: int | None = 1) -> Callable[[Callable], Callable]:
     """The `grad_fn` hook of `bench.train.train`: objective -> per-example clipped, summed gradients.
 
     The returned function maps `(params, batch, key, step, is_padding)` to
@@ -96,13 +105,25 @@ def clipped_value_and_grad(clip_norm: float) -> Callable[[Callable], Callable]:
     sensitivity to adding or removing one example is `clip_norm`), loss and aux
     are means over the real examples. The objective sees one example at a time
     (batch axis of size 1) with its own key.
+
+    `microbatch_size` examples are vmapped together and the microbatches run in
+    a loop (jax-privacy's `microbatch_size`); None vmaps the whole batch at once.
+    The batch size must be a multiple of it. The result is the same either way
+    (up to float summation order); only speed and memory differ.
     """
+    if microbatch_size is not None and int(microbatch_size) < 1:
+        raise BenchError(f"microbatch_size must be >= 1 or null, got {microbatch_size}")
+    microbatch_size = None if microbatch_size is None else int(microbatch_size)
 
     def transform(objective):
         clipped = clipped_grad(objective, argnums=0, has_aux=True, l2_clip_norm=clip_norm, batch_argnums=1,
-                               return_values=True, prng_argnum=2)
+                               return_values=True, prng_argnum=2, microbatch_size=microbatch_size)
 
         def value_and_grad(params, batch, key, step, is_padding):
+            size = is_padding.shape[0]
+            if microbatch_size is not None and size % microbatch_size:
+                raise BenchError(f"DP-SGD batch of {size} is not a multiple of microbatch_size {microbatch_size}; "
+                                 f"make scenario.dp.pad_multiple a multiple of it")
             grads, out = clipped(params, batch, key, step, is_padding_example=is_padding)
             real = (~is_padding).astype(jnp.float32)
             count = jnp.maximum(real.sum(), 1.0)
@@ -128,14 +149,22 @@ def dp_optimizer(optimizer: optax.GradientTransformation, *, clip_norm: float, n
 class PoissonSampler:
     """The `sampler` hook of `bench.train.train`: Poisson batches, `steps_per_epoch` per call, -1 as padding.
 
-    Counts the steps it handed out (`steps_taken`), which is what the
-    accountant composes.
+    Every batch is padded to `batch_shape` (a multiple of `pad_multiple` that a
+    Poisson batch exceeds with probability below `overflow`), so the training
+    step compiles once; a rarer larger batch is padded to the next multiple of
+    `pad_multiple` (never truncated: that would break the accounting). Counts
+    the steps it handed out (`steps_taken`), which is what the accountant composes.
     """
 
-    def __init__(self, n: int, q: float, steps: int, steps_per_epoch: int, pad_multiple: int = 32):
+    def __init__(self, n: int, q: float, steps: int, steps_per_epoch: int, pad_multiple: int = 32,
+                 overflow: float = 1e-6):
         if int(pad_multiple) < 1:
             raise BenchError(f"pad_multiple must be >= 1, got {pad_multiple}")
         self.n, self.steps, self.steps_per_epoch, self.pad_multiple = int(n), int(steps), int(steps_per_epoch), int(pad_multiple)
+        from scipy.stats import binom
+
+        largest = int(binom.isf(float(overflow), self.n, float(q))) + 1 if overflow > 0 else 0
+        self.batch_shape = max(1, math.ceil(largest / self.pad_multiple)) * self.pad_multiple
         self.strategy = batch_selection.CyclicPoissonSampling(
             sampling_prob=float(q), iterations=int(steps), partition_type=batch_selection.PartitionType.INDEPENDENT)
         self.steps_taken = 0
@@ -146,7 +175,8 @@ class PoissonSampler:
             self._batches = self.strategy.batch_iterator(self.n, rng=rng)
         out = []
         for idx in itertools.islice(self._batches, self.steps_per_epoch):
-            idx = batch_selection.pad_to_multiple_of(np.asarray(idx, np.int64), self.pad_multiple)
-            out.append(idx if idx.size else np.full(self.pad_multiple, -1, np.int64))  # an empty step still adds noise
+            idx = np.asarray(idx, np.int64)
+            size = max(self.batch_shape, math.ceil(idx.size / self.pad_multiple) * self.pad_multiple)
+            out.append(np.concatenate([idx, np.full(size - idx.size, -1, np.int64)]))  # an empty step still adds noise
         self.steps_taken += len(out)
         return out

@@ -84,7 +84,7 @@ def run_privacy(cfg: DictConfig, run_dir: Path, choices: dict):
         make_optimizer = lambda k: dp_sgd.dp_optimizer(base(), clip_norm=plan.clip_norm,
                                                        noise_multiplier=plan.noise_multiplier,
                                                        expected_batch_size=plan.expected_batch_size, key=k)
-        grad_fn = dp_sgd.clipped_value_and_grad(plan.clip_norm)
+        grad_fn = dp_sgd.clipped_value_and_grad(plan.clip_norm, d.get("microbatch_size", 1))
         sampler = dp_sgd.PoissonSampler(len(y_fit), plan.q, plan.steps, plan.steps_per_epoch, d.pad_multiple)
         epochs = plan.epochs
     else:
