@@ -67,10 +67,18 @@ def stale_reason(name: str, run_dir: Path) -> str:
     return ""
 
 
+FRESH = "checkpoint.resume=false"  # a preset run starts over, so its recorded training time is a whole run's
+
+
 def run_preset(name: str, run_dir: Path, extra: list[str]) -> None:
-    """One preset through the normal entry point, in a subprocess (one Hydra run, fresh JAX state)."""
+    """One preset through the normal entry point, in a subprocess (one Hydra run, fresh JAX state).
+
+    It never resumes from a training checkpoint left by an earlier run of the same config (bench/checkpoint.py
+    keys them by config hash, not by run directory): pass `checkpoint.resume=true` as an extra override to
+    finish a killed preset run instead, at the price of a training time that covers only the resumed part.
+    """
     command = [sys.executable, "-m", "bench", f"+experiment={name}", "progress=false", f"hydra.run.dir={run_dir}",
-               *extra]
+               *([] if any(o.startswith("checkpoint.resume=") for o in extra) else [FRESH]), *extra]
     print("$", " ".join(command[1:]), flush=True)
     started = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT)
@@ -107,7 +115,8 @@ def measured_row(name: str, run_dir: Path) -> dict:
         f"{k}-{a.get('steps', '')}" + (f"x{a.restarts}" if a.get("restarts", 1) != 1 else "")
         for k, a in suite.attacks.items())
     stopped = _value(records, evaluator="train", metric="stopped_epoch")
-    overrides = [o for o in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml") if not o.startswith("progress=")]
+    overrides = [o for o in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
+                 if not o.startswith("progress=") and o != FRESH]
     autoattack, flags = None, []
     if (run_dir / "autoattack" / RECORDS_FILE).exists():
         aa_records = read_records(run_dir / "autoattack" / RECORDS_FILE)
