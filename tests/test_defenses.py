@@ -222,6 +222,50 @@ def test_overfit_monitor_trips_on_collapse_and_keeps_healthy_params(digits_setup
     assert row["stop"] == "" and row["holdout_fgsm_accuracy"] >= row["holdout_pgd_accuracy"]
 
 
+
+# --- catastrophic overfitting on real training runs -------------------------------------------------
+
+CO_CHECK_EPS = 0.15  # the monitor's PGD radius; the two runs below differ only in their training objective
+CO_WARMUP = 95  # optimizer steps (5 epochs of 19 batches of 64 out of 1,237 digits) over which eps ramps up
+
+
+def _monitored_run(objective_factory, epochs):
+    """A real seeded run of bench.train.train with the per-epoch overfit check as its eval_fn (as bench/__main__.py).
+
+    MLP(64) on digits, the last 200 training images held out for the check, Adam at 1e-2 (constant).
+    """
+    data = digits()
+    x_train, y_train, x_hold, y_hold = split_holdout(data.x_train, data.y_train, 200)
+    model = models.mlp(data.num_classes, data.mean, data.std, hidden=(64,))
+    logits_fn = models.make_logits_fn(model)
+    init = models.init_params(model, jax.random.key(0), data.image_shape)
+    monitor = overfit_monitor(logits_fn, x_hold, y_hold, jax.random.key(0), eps=CO_CHECK_EPS, steps=10, max_drop=0.2)
+    _, history = train.train(objective_factory(logits_fn), init, train.make_optimizer("adam", 1e-2, "constant"),
+                             x_train, y_train, epochs=epochs, batch_size=64, key=jax.random.key(1),
+                             eval_fn=monitor.eval_fn, progress=False)
+    return history, monitor
+
+
+def test_overfit_check_stops_a_real_fgsm_run_that_collapses():
+    """FGSM training without random start, its eps ramped up to 0.5 (a radius at which every image can be turned
+    uniform grey, so nothing is robust there): PGD accuracy at 0.15 first rises, then collapses once the single
+    step grows large, and the monitor stops the run. Seeds 0-3 stopped at epoch 5, 6, 5, 5 of 15 when written."""
+    epochs = 15
+    history, monitor = _monitored_run(
+        lambda f: fgsm_at(f, eps=0.5, clean_weight=0.0, warmup_steps=CO_WARMUP), epochs)
+    stops = [row["stop"] for row in history]
+    assert stops[-1].startswith("catastrophic overfitting"), history
+    assert all(s == "" for s in stops[:-1]) and len(history) < epochs  # train.train stopped at the first trip
+    assert monitor.healthy_params() is not None  # a model from before the collapse to fall back to
+
+
+def test_overfit_check_stays_quiet_on_a_healthy_pgd_run():
+    """The same run with PGD-5 adversarial training at the check's eps: robust accuracy grows, the monitor never trips."""
+    epochs = 8
+    history, _ = _monitored_run(lambda f: pgd_at(f, eps=CO_CHECK_EPS, steps=5, warmup_steps=CO_WARMUP), epochs)
+    assert [row["stop"] for row in history] == [""] * epochs, history
+
+
 # --- the papers' own MNIST architectures ------------------------------------------------------------
 
 @pytest.mark.parametrize("builder", [models.madry_cnn, models.trades_smallcnn])
