@@ -264,6 +264,10 @@ def test_privacy_run_records_the_epsilon_dp_accounting_gives(tmp_path):
     assert len(table) == 1 and table.epsilon.iloc[0] == round(direct_pld, 2)
     assert table.accuracy.iloc[0] == pytest.approx(100 * get("utility", "test_accuracy"))
     assert table.eps_audit_lb.iloc[0] == get("canary_audit", "epsilon_lower_bound")
+    from bench.privacy.report import write_privacy_tables
+
+    paths = write_privacy_tables(frame, tmp_path / "tables", note="Made by a test.")
+    assert paths["md"].read_text().startswith("# Privacy vs utility\n\nMade by a test.\n\n")
 
 
 def test_pate_partitions_aggregation_and_accounting():

@@ -1,4 +1,6 @@
-"""The privacy-vs-utility table from records: `python -m bench.privacy.report RUN_DIR [RUN_DIR ...] [--out DIR]`.
+"""The privacy-vs-utility table from records (privacy.md, privacy.csv).
+
+    python -m bench.privacy.report RUN_DIR [RUN_DIR ...] [--out DIR] [--note TEXT]
 
 One row per (dataset, model, training method, epsilon), averaged over seeds;
 non-private training has epsilon = inf. Columns: test accuracy (%), epsilon
@@ -52,10 +54,11 @@ def privacy_table(records: pd.DataFrame) -> pd.DataFrame:
     return table[[c for c in ["dataset", "model", "defense", "epsilon", *COLUMNS, "seeds"] if c in table.columns]]
 
 
-def write_privacy_tables(records: pd.DataFrame, out: str | Path) -> dict[str, Path]:
-    """Write privacy.md and privacy.csv into `out`; returns the paths."""
+def write_privacy_tables(records: pd.DataFrame, out: str | Path, note: str | None = None) -> dict[str, Path]:
+    """Write privacy.md (with `note`, if any, under the title) and privacy.csv into `out`; returns the paths."""
     table = privacy_table(records)
-    text = ("# Privacy vs utility\n\naccuracy and LiRA TPRs in %; epsilon = inf is non-private; eps_audit_lb is "
+    text = ("# Privacy vs utility\n\n" + (note.strip() + "\n\n" if note else "")
+            + "accuracy and LiRA TPRs in %; epsilon = inf is non-private; eps_audit_lb is "
             "the one-run canary audit's lower bound (95% confidence).\n\n"
             + table.to_markdown(index=False, floatfmt=".3g") + "\n")
     out = Path(out)
@@ -67,11 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.privacy.report", description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", help="run directories (searched recursively) or records.parquet files")
     parser.add_argument("--out", help="folder for privacy.md/.csv (default: the first path)")
+    parser.add_argument("--note", help="a paragraph for privacy.md under its title (how the runs were made)")
     args = parser.parse_args(argv)
     try:
         records = read_records(*args.paths)
         out = args.out or (args.paths[0] if Path(args.paths[0]).is_dir() else Path(args.paths[0]).parent)
-        paths = write_privacy_tables(records, out)
+        paths = write_privacy_tables(records, out, args.note)
         print(privacy_table(records).to_markdown(index=False, floatfmt=".3g"))
         print(f"\nwrote {paths['md']} and {paths['csv']}")
     except BenchError as err:
