@@ -8,7 +8,8 @@ For each run folder (a finished `python -m bench` run) it reads `records.parquet
 epsilons to a run that had none, e.g. the standard and PGD-trained models). Rows of records.parquet win
 where both have the same (evaluator, eps, metric). Columns, in %, on the run's held-out examples:
 clean >= PGD-40 (the run's attack suite, per-example worst case) >= suite-certified (an example is
-certified when any certifier certifies it) >= each certifier's figure. Bound seconds per example are the
+certified when any certifier certifies it) >= each certifier's figure. `n` < 1,000: the certify CLI run
+on the first n test examples (`--n-examples`), its own clean and PGD numbers on them. Bound seconds per example are the
 certifier's wall time in that run (compilation included) divided by its example count. Reported numbers
 come from the `paper.reported` block of the full-scale preset named by the run's `reduced_of`.
 Nothing here is typed by hand.
@@ -36,14 +37,24 @@ DEFAULT_RUNS = [
 CERTIFIERS = {"ibp": "IBP", "crown": "CROWN", "crown_ibp": "CROWN-IBP", "alpha_crown": "alpha-CROWN"}
 
 
-def load_records(run: Path) -> pd.DataFrame:
+def load_records(run: Path) -> list[pd.DataFrame]:
+    """The run's records, then the certify CLI's (each with its own clean accuracy and example count)."""
     frames = [pd.read_parquet(run / name) for name in ("records.parquet", "certified_records.parquet")
               if (run / name).is_file()]
     if not frames:
         raise SystemExit(f"error: {run} has no records.parquet; pass finished run folders")
-    frame = pd.concat(frames, ignore_index=True)
-    frame["eps_key"] = frame.eps.round(6)
-    return frame.drop_duplicates(["evaluator", "norm", "eps_key", "metric"], keep="first")
+    for frame in frames:
+        frame["eps_key"] = frame.eps.round(6)
+    return frames
+
+
+def pick(frames: list[pd.DataFrame], eps: float) -> pd.DataFrame:
+    """Records for one eps from one source: the run's own where it has certified accuracy at eps, else the
+    certify CLI's where that has it, else the run's (so clean, PGD and certified share their examples)."""
+    for frame in frames:
+        if ((frame.eps_key == eps) & (frame.metric == "certified_accuracy")).any():
+            return frame
+    return frames[0]
 
 
 def reported(config) -> dict[float, float]:
@@ -62,25 +73,26 @@ def reported(config) -> dict[float, float]:
 
 def run_rows(run: Path) -> tuple[list[dict], list[dict]]:
     config = OmegaConf.load(run / ".hydra" / "config.yaml")
-    frame = load_records(run)
+    frames = load_records(run)
     defense = str(config.defense._target_).rsplit(".", 1)[-1]
     train_eps = config.defense.get("eps")
     model = str(config.model._target_).rsplit(".", 1)[-1]
-    value = lambda **kw: frame.loc[np.logical_and.reduce([frame[k] == v for k, v in kw.items()])]
-    clean = value(evaluator="clean", metric="accuracy").value
-    train = value(evaluator="train", metric="seconds").value
+    train = frames[0][(frames[0].evaluator == "train") & (frames[0].metric == "seconds")].value
     papers = reported(config)
     rows, timing = [], []
-    bound_eps = sorted(frame[frame.metric.isin(["robust_accuracy", "certified_accuracy"])
-                             & (frame.evaluator != "smoothing")].eps_key.unique())
+    bound_eps = sorted({e for f in frames for e in f[f.metric.isin(["robust_accuracy", "certified_accuracy"])
+                                                     & (f.evaluator != "smoothing")].eps_key})
     for eps in bound_eps:
+        frame = pick(frames, eps)
+        clean = frame[(frame.evaluator == "clean") & (frame.metric == "accuracy")]
         at = frame[frame.eps_key == eps]
         get = lambda evaluator, metric: at[(at.evaluator == evaluator) & (at.metric == metric)].value
         pgd, worst = get("pgd", "robust_accuracy"), get("worst_case", "robust_accuracy")
         row = {"run": run.name, "model": model, "defense": defense,
                "train eps": "-" if train_eps is None else f"{float(train_eps):g}",
                "train min": f"{train.iloc[0] / 60:.1f}" if len(train) else "-",
-               "eps": f"{eps:g}", "clean": _pct(clean), "PGD-40": _pct(pgd),
+               "eps": f"{eps:g}", "n": str(int(clean.n.iloc[0])) if len(clean) else "-",
+               "clean": _pct(clean.value), "PGD-40": _pct(pgd),
                "worst case": _pct(worst) if len(worst) and (not len(pgd) or worst.iloc[0] != pgd.iloc[0]) else "=",
                "suite-certified": _pct(get("certified_any", "certified_accuracy"))}
         for name, label in CERTIFIERS.items():
@@ -124,11 +136,12 @@ def main(argv=None) -> int:
         "# Certified robustness: the sandwich on mnist5k",
         "",
         "Made by `scripts/certified_table.py` from the runs' records (see its docstring); nothing typed.",
-        "Accuracies in % on the 1,000 held-out mnist5k test images, L-inf. For every row clean >= PGD-40",
-        "(empirical robust accuracy, an upper bound on the true robust accuracy) >= suite-certified (a lower",
-        "bound: certified by any certifier) >= each certifier. The runs checked soundness (no certified example",
-        "broken by PGD) and would have failed otherwise. `CROWN` uses CROWN intermediate bounds, `CROWN-IBP`",
-        "IBP ones. `worst case` is shown only where it differs from PGD-40. `paper verified` is the",
+        "Accuracies in % on the first `n` of the 1,000 held-out mnist5k test images, L-inf. For every row",
+        "clean >= PGD-40 (empirical robust accuracy, an upper bound on the true robust accuracy) >=",
+        "suite-certified (a lower bound: certified by any certifier) >= each certifier. Every run and",
+        "`python -m bench.certify` checks soundness (no certified example broken by PGD): a failure fails the",
+        "run, and makes the CLI exit 2 after writing its records. `CROWN` uses CROWN intermediate bounds,",
+        "`CROWN-IBP` IBP ones. `worst case` is shown only where it differs from PGD-40. `paper verified` is the",
         "full-scale number (MNIST, DM-large) that the reduced preset stands for, not a target for cnn_small on",
         "4,000 training images.",
         "",
