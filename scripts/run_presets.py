@@ -129,9 +129,10 @@ def measured_row(name: str, run_dir: Path) -> dict:
         "defense": str(records["defense"].iloc[0]),
         "model": str(records["model"].iloc[0]),
         "clean %": _pct(_value(records, evaluator="clean", metric="accuracy")),
-        f"robust % ({suite.norm} {eps:g}; {attacks})": _pct(
-            _value(records, evaluator="worst_case", metric="robust_accuracy", eps=eps)),
-        f"AutoAttack % ({suite.norm} {eps:g})": _pct(autoattack),
+        "threat": f"{suite.norm} {eps:g}",
+        "attacks": attacks,
+        "robust %": _pct(_value(records, evaluator="worst_case", metric="robust_accuracy", eps=eps)),
+        "AutoAttack %": _pct(autoattack),
         "sanity flags": ", ".join(flags),
         "train s": f"{_value(records, evaluator='train', metric='seconds'):.0f}",
         "epochs": f"{int(stopped)} of {config.train.epochs} (early stop)" if stopped else f"{config.train.epochs}",
@@ -162,10 +163,10 @@ def _table(rows: list[dict], columns: list[str]) -> str:
 
 
 def write_report(rows: list[dict], out: Path) -> Path:
-    robust_column = next(c for c in rows[0] if c.startswith("robust %"))
-    autoattack_column = next(c for c in rows[0] if c.startswith("AutoAttack %"))
-    measured_columns = ["preset", "defense", "model", "clean %", robust_column, autoattack_column, "sanity flags",
-                        "train s", "epochs", "n test"]
+    # Presets differ in threat (e.g. L-inf 0.3 for adversarial training, 0.1 for certified training): each row
+    # names its own threat and attack suite, and its robust and AutoAttack accuracies are at that threat.
+    measured_columns = ["preset", "defense", "model", "clean %", "threat", "attacks", "robust %", "AutoAttack %",
+                        "sanity flags", "train s", "epochs", "n test"]
     reported = [r for full in dict.fromkeys(row["reduced_of"] for row in rows) for r in reported_rows(full)]
     text = [
         "# Paper presets: reduced-scale runs next to the papers' numbers",
@@ -173,8 +174,9 @@ def write_report(rows: list[dict], out: Path) -> Path:
         "Written by `python scripts/run_presets.py` (`make presets`) from the runs' records; do not edit by hand.",
         "Reduced presets train on mnist5k (4,000 images; see each `conf/experiment/*_reduced.yaml` for how it",
         "departs from the paper) and are evaluated on its 1,000 held-out test images. Robust accuracy is the",
-        "per-example worst case over the suite; the AutoAttack column (empty where not run: `--autoattack`)",
-        "is `suite=autoattack` (APGD-CE, APGD-T, Square) on the same trained parameters and test images.",
+        "per-example worst case over the row's `attacks` at the row's `threat` (the preset's largest epsilon);",
+        "the AutoAttack column (empty where not run: `--autoattack`) is `suite=autoattack` (APGD-CE, APGD-T,",
+        "Square) at the same threat on the same trained parameters and test images.",
         "`sanity flags` lists the gradient-masking checks of bench/evaluate.py that fired in either evaluation.",
         "`train s` is wall time from start to the end of training",
         "(data loading and compilation included) on the machine that ran it, which may have been shared: compare",
