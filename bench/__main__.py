@@ -74,6 +74,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict) -> "records.pd.DataFrame"
     if suite_cfg.n_examples is not None:
         x_eval, y_eval = x_eval[: suite_cfg.n_examples], y_eval[: suite_cfg.n_examples]
 
+    checkpointer = None
     if cfg.load_params:
         params = models.load_params(cfg.load_params, params)
         history = []
@@ -88,6 +89,10 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict) -> "records.pd.DataFrame"
         models.save_params(run_dir / "params.msgpack", params)
     train_seconds = time.perf_counter() - started
     train_rows = []
+    if not cfg.load_params and checkpointer is not None and checkpointer.resumed_from is not None:
+        # resumed from a checkpoint: the training seconds above cover only the part this process ran
+        train_rows.append(dict(evaluator="train", norm="none", eps=0.0, metric="resumed_from_step",
+                               value=float(checkpointer.resumed_from), n=len(y_train), seconds=0.0))
     if history and history[-1].get("stop"):  # early stop (catastrophic overfitting): keep it in the records
         print(f"stopped after epoch {history[-1]['epoch']}: {history[-1]['stop']}", file=sys.stderr)
         if oc.restore and monitor.healthy_params() is not None:  # the model before the collapse, as Wong et al.

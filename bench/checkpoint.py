@@ -69,6 +69,7 @@ class Checkpointer:
         self.folder = Path(folder)
         self.every_steps = int(every_steps)
         self.resume = bool(resume)
+        self.resumed_from: int | None = None  # the step `load` found, for the records
 
     @property
     def path(self) -> Path:
@@ -94,4 +95,5 @@ class Checkpointer:
                              "train from scratch, or pass checkpoint.resume=false") from None
         for key in ("step", "epoch", "batch"):
             state[key] = int(np.asarray(state[key]))
+        self.resumed_from = state["step"]
         return state

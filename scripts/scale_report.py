@@ -60,7 +60,7 @@ def bench(args, devices=1, check=True):
 
 def values(run_dir: Path):
     frame = records.read_records(run_dir)
-    frame = frame[frame.metric != "seconds"].sort_values(["evaluator", "eps", "metric"])
+    frame = frame[~frame.metric.isin(["seconds", "resumed_from_step"])].sort_values(["evaluator", "eps", "metric"])
     return frame.value.to_numpy()
 
 
