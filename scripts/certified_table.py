@@ -107,6 +107,16 @@ def run_rows(run: Path) -> tuple[list[dict], list[dict]]:
     return rows, timing
 
 
+def _rel(path) -> str:
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def _overrides(run) -> list[str]:
+    path = Path(run) / ".hydra" / "overrides.yaml"
+    return [str(o) for o in OmegaConf.load(path)] if path.is_file() else ["?"]
+
+
 def _pct(series) -> str:
     return f"{100 * float(series.iloc[0]):.1f}" if len(series) else "-"
 
@@ -141,11 +151,17 @@ def main(argv=None) -> int:
         "suite-certified (a lower bound: certified by any certifier) >= each certifier. Every run and",
         "`python -m bench.certify` checks soundness (no certified example broken by PGD): a failure fails the",
         "run, and makes the CLI exit 2 after writing its records. `CROWN` uses CROWN intermediate bounds,",
-        "`CROWN-IBP` IBP ones. `worst case` is shown only where it differs from PGD-40. `paper verified` is the",
+        "`CROWN-IBP` IBP ones. `worst case` is shown only where it differs from PGD-40. `train min`: wall",
+        "minutes of training in that run on a shared 2-core machine whose load varied (see",
+        "`results/certified_speed.md` for step times measured side by side). `paper verified` is the",
         "full-scale number (MNIST, DM-large) that the reduced preset stands for, not a target for cnn_small on",
         "4,000 training images.",
         "",
-        "Runs: " + ", ".join(f"`{Path(r).relative_to(ROOT) if Path(r).is_absolute() else r}`" for r in runs) + ".",
+        "Runs (`python -m bench` with these overrides; `+ certify CLI`: the folder also holds",
+        "`certified_records.parquet` from `python -m bench.certify`):",
+        "",
+        *[f"- `{_rel(r)}`: `{' '.join(_overrides(r))}`"
+          + (" + certify CLI" if (Path(r) / "certified_records.parquet").is_file() else "") for r in runs],
         "",
         "## Accuracy",
         "",
