@@ -23,9 +23,11 @@ from bench.defenses import standard
 from bench.errors import BenchError
 
 ROOT = Path(__file__).resolve().parents[1]
-# A small run that trains (3 epochs, 22 steps each) and attacks (PGD at two radii), checkpointing every 5 steps.
-SMALL = ["dataset=digits", "model=cnn_small", "train.epochs=3", "suite=pgd", "suite.eps=[0.05,0.1]",
-         "suite.n_examples=128", "suite.batch_size=64", "suite.sanity=false", "progress=false",
+# A small run that trains (3 epochs, 22 steps each), attacks (PGD) and certifies (IBP, CROWN) at two radii,
+# checkpointing every 5 steps.
+SMALL = ["dataset=digits", "model=cnn_small", "train.epochs=3", "suite=certified", "suite.eps=[0.01,0.1]",
+         "suite.n_examples=128", "suite.batch_size=64", "suite.certify_batch_size=64", "++suite.sanity=false",
+         "progress=false",
          "checkpoint.every_steps=5"]
 VOLATILE = ["run_id", "created", "seconds", "git_rev"]
 

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bench import sharding
 from bench.attacks.threat import check_eps, parse_norm
 from bench.certify.network import as_network
 from bench.certify.smoothing import ABSTAIN
@@ -73,7 +74,7 @@ def evaluate_certified(network, params, x: np.ndarray, y: np.ndarray, certifiers
             mask = np.zeros(n, bool)
             for start in range(0, n, batch_size):
                 s = slice(start, min(start + batch_size, n))
-                mask[s] = certified_mask(certify(network, params, jnp.asarray(x[s]), jnp.asarray(y[s]), eps))
+                mask[s] = certified_mask(certify(network, params, *sharding.shard_batch(x[s], y[s]), eps))
             seconds = time.perf_counter() - started
             per_example[(eps, name)] = mask
             any_certified |= mask
