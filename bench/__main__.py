@@ -17,7 +17,6 @@ from pathlib import Path
 
 import hydra
 import jax
-import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf

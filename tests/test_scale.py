@@ -3,7 +3,6 @@ evaluation resume, and parallel sweeps (joblib, submitit) that share one results
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
