@@ -88,7 +88,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict) -> "records.pd.DataFrame"
         models.save_params(run_dir / "params.msgpack", params)
     train_seconds = time.perf_counter() - started
     train_rows = []
-    if not cfg.load_params and checkpointer is not None and checkpointer.resumed_from is not None:
+    if checkpointer is not None and checkpointer.resumed_from is not None:
         # resumed from a checkpoint: the training seconds above cover only the part this process ran
         train_rows.append(dict(evaluator="train", norm="none", eps=0.0, metric="resumed_from_step",
                                value=float(checkpointer.resumed_from), n=len(y_train), seconds=0.0))

@@ -2,8 +2,8 @@
 
 A run's *work folder* is `checkpoint.dir/<hash>-s<seed>-<code>`, where the hash
 covers the config minus the settings that cannot change a result (progress bars,
-the checkpoint settings themselves) and <code> is a digest of the package source. Rerunning the same command therefore finds the
-same folder: training continues from its last checkpoint and the evaluation
+the checkpoint settings themselves) and <code> is a digest of the package
+source. Rerunning the same command therefore finds the same folder: training continues from its last checkpoint and the evaluation
 skips the attack batches already done (`bench.evaluate`).
 
 A checkpoint is one Flax-msgpack file (no pickle) holding the parameters, the

@@ -4,6 +4,8 @@
 and the command line set is checked against these dataclasses: `train.epochs=ten`
 or `seed=1.5` is rejected before data are loaded. The config groups (dataset,
 model, defense, suite, scenario) are `_target_` blocks checked when instantiated.
+Fields set in conf/config.yaml have no default here (MISSING): the yaml is the
+one place their values live.
 """
 
 from __future__ import annotations
@@ -17,35 +19,35 @@ from omegaconf import MISSING
 
 @dataclass
 class OverfitCheck:
-    enabled: bool = False
-    norm: str = "linf"
-    eps: float = 0.3
-    steps: int = 10
-    step_size: Optional[float] = None
-    n_examples: int = 200
-    max_drop: float = 0.2
-    floor: float = 0.0
-    max_gap: Optional[float] = None
-    restore: bool = True
+    enabled: bool = MISSING
+    norm: str = MISSING
+    eps: float = MISSING
+    steps: int = MISSING
+    step_size: Optional[float] = MISSING
+    n_examples: int = MISSING
+    max_drop: float = MISSING
+    floor: float = MISSING
+    max_gap: Optional[float] = MISSING
+    restore: bool = MISSING
 
 
 @dataclass
 class Train:
-    epochs: int = 10
-    batch_size: int = 64
-    optimizer: str = "adam"
-    learning_rate: float = 1e-3
-    schedule: str = "cosine"
-    momentum: float = 0.9
-    weight_decay: float = 0.0
+    epochs: int = MISSING
+    batch_size: int = MISSING
+    optimizer: str = MISSING
+    learning_rate: float = MISSING
+    schedule: str = MISSING
+    momentum: float = MISSING
+    weight_decay: float = MISSING
     overfit_check: OverfitCheck = field(default_factory=OverfitCheck)
 
 
 @dataclass
 class Checkpoint:
-    dir: Optional[str] = "results/checkpoints"
-    every_steps: int = 500
-    resume: bool = True
+    dir: Optional[str] = MISSING
+    every_steps: int = MISSING
+    resume: bool = MISSING
 
 
 @dataclass
@@ -57,10 +59,10 @@ class Config:
     scenario: Any = MISSING
     attack: Any = None                # `+attack=NAME` / `+certify=NAME` compose one block of those groups
     certify: Any = None
-    seed: int = 0
-    progress: bool = True
-    load_params: Optional[str] = None
-    distributed: bool = False
+    seed: int = MISSING
+    progress: bool = MISSING
+    load_params: Optional[str] = MISSING
+    distributed: bool = MISSING
     train: Train = field(default_factory=Train)
     checkpoint: Checkpoint = field(default_factory=Checkpoint)
     reduced_of: Optional[str] = None  # set by reduced paper presets (conf/experiment/*_reduced.yaml)
