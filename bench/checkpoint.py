@@ -60,6 +60,19 @@ def params_digest(params) -> str:
     return hashlib.sha256(serialization.to_bytes(jax.device_get(params))).hexdigest()[:16]
 
 
+def _is_key(leaf) -> bool:
+    return isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+
+
+def _keys_as_data(state):
+    """Typed PRNG keys (e.g. DP-SGD's noise key in the optimizer state) as their raw uint32 data, for msgpack."""
+    return jax.tree.map(lambda leaf: jax.random.key_data(leaf) if _is_key(leaf) else leaf, state)
+
+
+def _restore_key(like, leaf):
+    return jax.random.wrap_key_data(leaf, impl=jax.random.key_impl(like)) if _is_key(like) else leaf
+
+
 class Checkpointer:
     """Save and restore the training state in `folder` every `every_steps` steps (0: only at the end)."""
 
@@ -80,7 +93,7 @@ class Checkpointer:
 
     def save(self, state: dict[str, Any]) -> Path:
         state = dict(state, history=json.dumps(state["history"]))
-        return atomic_write_bytes(self.path, serialization.to_bytes(jax.device_get(state)))
+        return atomic_write_bytes(self.path, serialization.to_bytes(jax.device_get(_keys_as_data(state))))
 
     def load(self, like: dict[str, Any]) -> dict[str, Any] | None:
         """The saved state in the structure of `like`, or None when there is none (or resume is off)."""
@@ -88,7 +101,8 @@ class Checkpointer:
             return None
         template = dict(like, history="")
         try:
-            state = serialization.from_bytes(template, self.path.read_bytes())
+            state = serialization.from_bytes(_keys_as_data(template), self.path.read_bytes())
+            state = jax.tree.map(_restore_key, template, state)
             state["history"] = json.loads(state["history"])
         except Exception as err:  # msgpack and the state-dict restore raise several types for a damaged file
             raise BenchError(f"checkpoint {self.path} is corrupted or truncated ({type(err).__name__}); delete it to "

@@ -1,6 +1,6 @@
 """Records: one tidy row per (run, evaluator, threat, metric), with provenance; atomic writes.
 
-Schema (DESIGN.md): run_id, scenario, dataset, model, defense, evaluator, norm,
+Schema (ARCHITECTURE.md, "Records"): run_id, scenario, dataset, model, defense, evaluator, norm,
 eps, metric, value, n, and provenance config_hash, git_rev, versions, seed,
 data_fingerprint, seconds, created. Tables are derived from these rows only.
 """
@@ -71,6 +71,13 @@ def provenance(config: dict, *, seed: int, data_fingerprint: str, run_id: str | 
         "data_fingerprint": data_fingerprint,
         "created": time.time(),
     }
+
+
+def row(evaluator: str, metric: str, value: float, n: int, *, norm: str = "none", eps: float = 0.0,
+        seconds: float = 0.0, **extra) -> dict:
+    """One result row (merged with the run's context by `make_rows`); `extra` adds columns such as `reason`."""
+    return dict(evaluator=evaluator, norm=str(getattr(norm, "value", norm)), eps=float(eps), metric=metric,
+                value=float(value), n=int(n), seconds=float(seconds), **extra)
 
 
 def make_rows(results: list[dict], context: dict) -> pd.DataFrame:

@@ -8,8 +8,9 @@ that tripped for that row, each with its threat where it has one; their reasons
 are listed under the table in evasion.md.
 Runs with the same config hash and seed are the same experiment: only the
 newest is reported. Writes evasion.md and evasion.csv (and the per-attack
-detail) and prints the table. Privacy runs get the privacy-vs-utility table
-(bench/privacy/report.py: privacy.md and privacy.csv).
+detail) and prints the table. `python -m bench.report` asks the scenario
+registry (bench/scenarios) for each scenario's tables: privacy runs get the
+privacy-vs-utility table (bench/privacy/report.py: privacy.md and privacy.csv).
 """
 
 from __future__ import annotations
@@ -125,16 +126,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         records = read_records(*args.paths)
         out = args.out or (args.paths[0] if Path(args.paths[0]).is_dir() else Path(args.paths[0]).parent)
-        if (records.scenario == "evasion").any():
-            paths = write_tables(records, out)
-            print(to_markdown(evasion_table(records)))
-            print(f"\nwrote {paths['md']} and {paths['csv']}")
-        if (records.scenario == "privacy").any():
-            from bench.privacy import report as privacy_report
+        from bench.scenarios import SCENARIOS
 
-            written = privacy_report.write_privacy_tables(records, out)
-            print(to_markdown(privacy_report.privacy_table(records)))
-            print(f"\nwrote {', '.join(map(str, written.values())) if isinstance(written, dict) else written}")
+        for name in dict.fromkeys(records.scenario):  # each scenario's own table, in the order first seen
+            scenario = SCENARIOS.get(name)
+            if scenario is None:
+                print(f"warning: records of scenario '{name}' have no registered table (bench/scenarios); skipped",
+                      file=sys.stderr)
+                continue
+            frame = records[records.scenario == name]
+            written = scenario.write_tables(frame, out)
+            print(to_markdown(scenario.table(frame)))
+            print(f"\nwrote {', '.join(map(str, written))}")
     except BenchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

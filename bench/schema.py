@@ -2,8 +2,10 @@
 
 `conf/config.yaml` lists `bench_schema` first in its defaults, so every value it
 and the command line set is checked against these dataclasses: `train.epochs=ten`
-or `seed=1.5` is rejected before data are loaded. The config groups (dataset,
-model, defense, suite, scenario) are `_target_` blocks checked when instantiated.
+or `seed=1.5` is rejected before data are loaded. `suite:` is typed by `Suite`
+below; each scenario's parameters by its own dataclass (bench/scenarios/, the
+schema `<name>_schema` its yaml lists first). The other groups (dataset, model,
+defense, attacks, certifiers) are `_target_` blocks checked when instantiated.
 Fields set in conf/config.yaml have no default here (MISSING): the yaml is the
 one place their values live.
 """
@@ -11,7 +13,7 @@ one place their values live.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -51,11 +53,28 @@ class Checkpoint:
 
 
 @dataclass
+class Suite:
+    """The attack suite (conf/suite/*.yaml): attacks and certifiers by name, the threat, sizes and checks."""
+
+    attacks: Dict[str, Any] = field(default_factory=dict)     # name -> attack factory block (conf/attack/)
+    norm: str = MISSING
+    eps: List[float] = MISSING
+    n_examples: Optional[int] = None     # first N test examples (None: all)
+    batch_size: int = 1000
+    cumulative: bool = False             # attacks in order, each on the examples still robust (AutoAttack)
+    sanity: bool = True                  # gradient-masking checks (bench/sanity.py)
+    sanity_examples: int = 200
+    certifiers: Dict[str, Any] = field(default_factory=dict)  # name -> certifier factory block (conf/certify/)
+    certify_batch_size: int = 100
+    smoothing: Any = None                # randomized smoothing block for `python -m bench.certify --smoothing`
+
+
+@dataclass
 class Config:
     dataset: Any = MISSING
     model: Any = MISSING
     defense: Any = MISSING
-    suite: Any = MISSING
+    suite: Suite = field(default_factory=Suite)
     scenario: Any = MISSING
     attack: Any = None                # `+attack=NAME` / `+certify=NAME` compose one block of those groups
     certify: Any = None
@@ -71,6 +90,9 @@ class Config:
 
 def register() -> None:
     ConfigStore.instance().store(name="bench_schema", node=Config)
+    from bench.scenarios import register_schemas  # each scenario's parameter types (group `scenario`)
+
+    register_schemas()
 
 
 register()

@@ -87,7 +87,7 @@ def train(objective: Callable, params, optimizer: optax.GradientTransformation, 
           y_train: np.ndarray, *, epochs: int, batch_size: int, key: jax.Array,
           eval_fn: Callable[[dict], dict] | None = None, progress: bool = True,
           grad_fn: Callable[[Callable], Callable] | None = None,
-          sampler: Callable[[int, np.random.Generator], list[np.ndarray]] | None = None,
+          sampler: Callable[[int, Callable[[int], np.random.Generator]], list[np.ndarray]] | None = None,
           checkpointer: Checkpointer | None = None):
     """Minimise `objective` over `epochs` passes of seeded shuffled mini-batches.
 
@@ -107,12 +107,13 @@ def train(objective: Callable, params, optimizer: optax.GradientTransformation, 
     the batch and the last good checkpoint; a bad state is never saved.
 
     Two hooks put a gradient transformation on top of the objective (DP-SGD,
-    `bench.defenses.dp_sgd`); without them training is as described above:
+    `bench.privacy.dp_sgd`); without them training is as described above:
     - `grad_fn(objective)` returns `(params, batch, key, step, is_padding) ->
       ((loss, aux), grads)`; default `jax.value_and_grad(objective)`.
-    - `sampler(epoch, rng)` returns that epoch's batches as index arrays into
-      x_train, -1 marking padding (`is_padding`); default a fresh permutation cut
-      into full batches of `batch_size`. `rng` depends only on (key, epoch).
+    - `sampler(epoch, epoch_rng)` returns that epoch's batches as index arrays
+      into x_train, -1 marking padding (`is_padding`); default a fresh permutation
+      cut into full batches of `batch_size`. `epoch_rng(e)` is the generator of
+      epoch e, a function of (key, e) only, so a resumed run gets the same batches.
     """
     if int(epochs) < 0:
         raise BenchError(f"epochs must be >= 0, got {epochs}")
@@ -135,10 +136,9 @@ def train(objective: Callable, params, optimizer: optax.GradientTransformation, 
     seed_words = np.asarray(jax.random.key_data(shuffle_key)).ravel().tolist()
 
     def epoch_batches(epoch):
-        rng = _epoch_rng(seed_words, epoch)
         if sampler is not None:
-            return sampler(epoch, rng)
-        order = rng.permutation(n)
+            return sampler(epoch, lambda e: _epoch_rng(seed_words, e))
+        order = _epoch_rng(seed_words, epoch).permutation(n)
         return [order[b * batch_size : (b + 1) * batch_size] for b in range(per_epoch)]
 
     state = dict(params=params, opt_state=optimizer.init(params), step=0, epoch=0, batch=0, sums="{}", history=[])

@@ -116,9 +116,9 @@ def bound_rows(label, rev, batch: int, repeats: int, model_names):
     x = jnp.asarray(ds.x_test[:batch])
     y = jnp.asarray(ds.y_test[:batch])
     certifiers = {
-        "IBP": ibp(),
-        "CROWN-IBP": crown(intermediate="ibp"),
-        "CROWN": crown(intermediate="crown"),
+        "IBP": ibp(eps=0.1),
+        "CROWN-IBP": crown(eps=0.1, intermediate="ibp"),
+        "CROWN": crown(eps=0.1, intermediate="crown"),
     }
     rows = []
     for model_name in model_names:
@@ -127,7 +127,7 @@ def bound_rows(label, rev, batch: int, repeats: int, model_names):
         for name, certify in certifiers.items():
             try:
                 started = time.perf_counter()
-                jax.block_until_ready(certify(model, params, x, y, 0.1))
+                jax.block_until_ready(certify(model, params, x, y))
                 compile_s = time.perf_counter() - started
             except BenchError as err:
                 print(f"{model_name} {name}: {err}", flush=True)
@@ -135,7 +135,7 @@ def bound_rows(label, rev, batch: int, repeats: int, model_names):
                 continue
             started, cpu = time.perf_counter(), time.process_time()
             for _ in range(repeats):
-                jax.block_until_ready(certify(model, params, x, y, 0.1))
+                jax.block_until_ready(certify(model, params, x, y))
             per_example = (time.perf_counter() - started) / repeats / batch
             per_example_cpu = (time.process_time() - cpu) / repeats / batch
             rows.append([label, rev, model_name, name, str(batch), f"{per_example * 1e3:.2f}",

@@ -33,7 +33,8 @@ import optax
 
 from bench import data as bench_data
 from bench import models, train
-from bench.defenses import dp_sgd, standard
+from bench.defenses import standard
+from bench.privacy import dp_sgd
 
 ROOT = Path(__file__).resolve().parents[1]
 

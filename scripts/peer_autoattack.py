@@ -8,7 +8,7 @@ For each, the flax weights are exported to the same PyTorch network (kernels HWI
 NHWC, so the first Linear's input axis is permuted to torch's NCHW order), the logits are asserted to agree
 on every test image, then both suites run:
   ours: conf/suite/autoattack.yaml composed with Hydra (APGD-CE, APGD-T 9 targets, Square 5000 queries,
-        cumulative), through `bench.evaluate.evaluate_evasion`, sanity checks included (timed apart);
+        cumulative), through `bench.evaluate.run_suite`, sanity checks (`bench.sanity`) included (timed apart);
   reference: torchattacks.AutoAttack(norm="Linf", version="standard": APGD-CE, APGD-T, FAB-T, Square).
 With `--rows`, the measured rows are saved as JSON after each case; `--merge A.json B.json` writes the
 report from such files (used when the two cases ran as separate processes, `--only standard` / `--only pgd_at`).
@@ -40,7 +40,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from bench import data as bench_data
-from bench import evaluate, models, train
+from bench import evaluate, models, sanity, train
 from bench.attacks import check_threat_model
 from bench.defenses import pgd_at, standard
 from bench.records import atomic_write_bytes
@@ -93,9 +93,12 @@ def suite_factories():
 def run_ours(logits_fn, params, x, y, eps, seed):
     factories, suite_cfg = suite_factories()
     suite = evaluate.build_suite(factories, "linf", [eps])
-    results, per_example = evaluate.evaluate_evasion(
-        logits_fn, params, x, y, suite, "linf", jax.random.key(seed), batch_size=int(suite_cfg.batch_size),
-        progress=False, cumulative=True, sanity=True, sanity_examples=int(suite_cfg.sanity_examples))
+    key = jax.random.key(seed)
+    outcome = evaluate.run_suite(logits_fn, params, x, y, suite, "linf", key, batch_size=int(suite_cfg.batch_size),
+                                 progress=False, cumulative=True)
+    results, per_example = outcome.rows + sanity.sanity_checks(
+        logits_fn, params, x, y, suite, "linf", jax.random.fold_in(key, 0x5A17), outcome,
+        batch_size=int(suite_cfg.batch_size), n_examples=int(suite_cfg.sanity_examples)), outcome.per_example
     attack_rows = [r for r in results if r["evaluator"] != "sanity"]
     sanity_rows = [r for r in results if r["evaluator"] == "sanity"]
     return dict(robust=per_example[(eps, "worst_case")], seconds=sum(r["seconds"] for r in attack_rows),

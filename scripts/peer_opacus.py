@@ -7,7 +7,7 @@ What it does, in one process:
      q = 1 / (steps per epoch) (Opacus derives q as 1 / len(data_loader), so the expected batch
      `--batch-size` should divide 4,000), clip norm `--clip`, noise multiplier `--sigma`, noise
      std sigma*clip on the clipped sum divided by the expected batch size, Adam (`--lr`), `--epochs`
-     epochs. Ours: `bench.defenses.dp_sgd` (the grad hook, noisy optimizer and Poisson sampler that
+     epochs. Ours: `bench.privacy.dp_sgd` (the grad hook, noisy optimizer and Poisson sampler that
      `bench.train.train` uses) in the jitted step of `bench.train.train`. Theirs:
      `opacus.PrivacyEngine.make_private(poisson_sampling=True)` with its default per-sample
      gradient hooks;
@@ -49,7 +49,8 @@ import torch
 
 from bench import data as bench_data
 from bench import evaluate, models
-from bench.defenses import dp_sgd, standard
+from bench.defenses import standard
+from bench.privacy import dp_sgd
 from bench.privacy import accounting
 from torch_twins import copy_flax_to_torch, to_nchw, torch_cnn_small
 
@@ -90,7 +91,7 @@ def ours(params, logits_fn, objective, x_train, y_train, *, q, steps_per_epoch, 
     epoch = 0
     while sampler.steps_taken < steps:
         times = []
-        for idx in sampler(epoch, rng):
+        for idx in sampler(epoch, lambda e: rng):
             started = time.perf_counter()
             pad = idx < 0
             idx = np.where(pad, 0, idx)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bench import evaluate
+from bench import evaluate, sanity
 from bench.attacks import ATTACKS, check_threat_model
 from bench.attacks.apgd import checkpoints
 from bench.attacks.cw import cw_core
@@ -38,12 +38,21 @@ def _tripped(results):
     return {r["metric"] for r in results if r["evaluator"] == "sanity" and r["value"] > 0}
 
 
+def _run_with_sanity(logits_fn, params, x, y, suite, sanity_examples=N, sanity_checks=True, **kwargs):
+    """The suite, then the sanity checks on what it found (as the evasion scenario runs them)."""
+    outcome = evaluate.run_suite(logits_fn, params, x, y, suite, "linf", jax.random.key(0), batch_size=N,
+                                 progress=False, **kwargs)
+    if not sanity_checks:
+        return outcome.rows, outcome.per_example
+    checks = sanity.sanity_checks(logits_fn, params, x, y, suite, "linf", jax.random.fold_in(jax.random.key(0), 0x5A17),
+                                  outcome, batch_size=N,
+                                  n_examples=sanity_examples)
+    return outcome.rows + checks, outcome.per_example
+
+
 def _evaluate(logits_fn, params, x, y, attacks, eps=(0.1, 0.3), **kwargs):
     suite = evaluate.build_suite(attacks, "linf", list(eps))
-    kwargs.setdefault("sanity_examples", N)
-    results, per_example = evaluate.evaluate_evasion(logits_fn, params, x, y, suite, "linf", jax.random.key(0),
-                                                     batch_size=N, progress=False, **kwargs)
-    return results, per_example
+    return _run_with_sanity(logits_fn, params, x, y, suite, **kwargs)
 
 
 # Models built to trip one check each.
@@ -141,7 +150,7 @@ def test_cw_needs_less_l2_than_eps_bounded_pgd(small):
 def test_cumulative_mode_logs_each_attack_and_matches_worst_case(small):
     logits_fn, params, x, y = small
     attacks = {"apgd_ce": CHEAP["apgd_ce"], "apgd_t": functools.partial(ATTACKS["apgd_t"], steps=20, n_targets=3)}
-    results, per_example = _evaluate(logits_fn, params, x, y, attacks, eps=(0.1,), cumulative=True, sanity=False)
+    results, per_example = _evaluate(logits_fn, params, x, y, attacks, eps=(0.1,), cumulative=True, sanity_checks=False)
     cumulative = [r for r in results if r["metric"] == "cumulative_robust_accuracy"]
     assert [r["evaluator"] for r in cumulative] == ["apgd_ce", "apgd_t"]
     assert cumulative[0]["value"] >= cumulative[1]["value"]
@@ -163,9 +172,9 @@ def test_apgd_t_falls_back_to_ce_below_four_classes_and_says_so():
     y = jnp.argmax(three_classes(w, x), -1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        results, _ = evaluate.evaluate_evasion(three_classes, w, np.asarray(x), np.asarray(y),
-                                               evaluate.build_suite({"apgd_t": ATTACKS["apgd_t"]}, "linf", [0.1]),
-                                               "linf", jax.random.key(0), progress=False, sanity=False)
+        results = evaluate.run_suite(three_classes, w, np.asarray(x), np.asarray(y),
+                                     evaluate.build_suite({"apgd_t": ATTACKS["apgd_t"]}, "linf", [0.1]),
+                                     "linf", jax.random.key(0), progress=False).rows
     assert any("cross-entropy" in str(c.message) for c in caught)
     fallback = [r for r in results if r["metric"] == "fallback_ce"]
     assert fallback and "cross-entropy" in fallback[0]["reason"]
@@ -198,27 +207,27 @@ def test_rounding_model_trips_gradient_unbounded_and_black_box_checks(small):
 def test_misleading_gradients_trip_the_unbounded_check_only_there(small):
     logits_fn, params, x, y = small
     lying = _misleading(logits_fn)
-    trip, reason = evaluate.check_unbounded(lying, params, x, y, evaluate.Norm.LINF, jax.random.key(0), N)
+    trip, reason = sanity.check_unbounded(lying, params, x, y, sanity.Norm.LINF, jax.random.key(0), N)
     assert trip, reason
-    assert not evaluate.check_gradients(lying, params, x, y, jax.random.key(0))[0]
-    assert not evaluate.check_unbounded(logits_fn, params, x, y, evaluate.Norm.LINF, jax.random.key(0), N)[0]
+    assert not sanity.check_gradients(lying, params, x, y, jax.random.key(0))[0]
+    assert not sanity.check_unbounded(logits_fn, params, x, y, sanity.Norm.LINF, jax.random.key(0), N)[0]
 
 
 def test_softmax_outputs_trip_the_probability_check(small):
     logits_fn, params, x, _ = small
-    assert evaluate.check_probabilities(_softmax(logits_fn), params, x, jax.random.key(0))[0]
-    assert not evaluate.check_probabilities(logits_fn, params, x, jax.random.key(0))[0]
+    assert sanity.check_probabilities(_softmax(logits_fn), params, x, jax.random.key(0))[0]
+    assert not sanity.check_probabilities(logits_fn, params, x, jax.random.key(0))[0]
 
 
 def test_randomised_model_trips_determinism_check_unless_the_suite_uses_eot(small):
     logits_fn, params, x, _ = small
     noisy = _randomised(logits_fn)
-    assert evaluate.check_determinism(noisy, params, x, jax.random.key(0), uses_eot=False)[0]
-    assert not evaluate.check_determinism(noisy, params, x, jax.random.key(0), uses_eot=True)[0]
-    assert not evaluate.check_determinism(logits_fn, params, x, jax.random.key(0), uses_eot=False)[0]
+    assert sanity.check_determinism(noisy, params, x, jax.random.key(0), uses_eot=False)[0]
+    assert not sanity.check_determinism(noisy, params, x, jax.random.key(0), uses_eot=True)[0]
+    assert not sanity.check_determinism(logits_fn, params, x, jax.random.key(0), uses_eot=False)[0]
     # EOT attacks run on it and stay in the ball.
     attack = ATTACKS["apgd_ce"](norm="linf", eps=0.1, steps=5, eot_samples=4)
-    assert attack.eot_samples == 4
+    assert attack.capabilities.eot_samples == 4
     check_threat_model(x, attack(noisy, params, jnp.asarray(x), jnp.asarray(evaluate.predict(noisy, params, x)),
                                  jax.random.key(0)), "linf", 0.1)
 
@@ -233,6 +242,5 @@ def test_weak_attack_trips_convergence_check_and_broken_attack_trips_monotonicit
         return lambda logits_fn, params, x, y, key: x
 
     suite = {(0.1, "a"): ATTACKS["pgd"](norm="linf", eps=0.1, steps=10), (0.3, "a"): no_op("linf", 0.3)}
-    results, _ = evaluate.evaluate_evasion(logits_fn, params, x, y, suite, "linf", jax.random.key(0), batch_size=N,
-                                           progress=False, sanity_examples=N)
+    results, _ = _run_with_sanity(logits_fn, params, x, y, suite)
     assert "eps_not_monotone" in _tripped(results)

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 from bench.attacks import ATTACKS, ThreatModelViolation, check_threat_model
-from bench.attacks.threat import Norm
+from bench.threat import Norm
+from bench.contracts import Attack, Capabilities
 from bench.errors import BenchError
+from bench.threat import UnsupportedNorm
 from bench.evaluate import accuracy
 
 EPS = {"linf": 0.1, "l2": 1.0}
@@ -18,7 +20,8 @@ EPS = {"linf": 0.1, "l2": 1.0}
 def _make(name, norm):
     try:
         return ATTACKS[name](norm=norm, eps=EPS[norm])
-    except BenchError as err:  # an attack defined for some norms only (e.g. C&W is L2)
+    except UnsupportedNorm as err:  # an attack defined for some norms only (e.g. C&W is L2)
+        assert norm in str(err)
         pytest.skip(f"{name} does not support {norm}: {err}")
 
 
@@ -102,3 +105,32 @@ def test_restarts_never_hurt(trained_digits):
 def test_bad_hyper_parameters_are_clear_errors(kwargs, message):
     with pytest.raises(BenchError, match=message):
         ATTACKS["pgd"](**kwargs)
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_every_attack_states_its_capabilities_and_handles_a_stochastic_model(name, trained_digits):
+    """Capabilities are typed data; a randomised model (logits_fn.stochastic, taking a key) is attacked through
+    its draws and the result stays in the threat model."""
+    logits_fn, params, x, y = trained_digits
+    built = {}
+    for norm in EPS:
+        try:
+            built[norm] = ATTACKS[name](norm=norm, eps=EPS[norm])
+        except UnsupportedNorm:
+            pass
+    assert built, f"{name} supports no norm"
+    keys_seen = []
+
+    def noisy(p, xb, key):
+        keys_seen.append(1)
+        return logits_fn(p, xb) + 0.1 * jax.random.normal(key, (xb.shape[0], 10))
+
+    noisy.stochastic = True
+    x, y = jnp.asarray(x[:16]), jnp.asarray(y[:16])
+    for norm, attack in built.items():
+        assert isinstance(attack, Attack) and isinstance(attack.capabilities, Capabilities)
+        stronger = attack.capabilities.stronger
+        if stronger is not None:
+            assert isinstance(stronger(), Attack) and "steps" in attack.capabilities.stronger_label
+        check_threat_model(x, attack(noisy, params, x, y, jax.random.key(0)), norm, EPS[norm])
+    assert keys_seen  # the model was called with a key

@@ -14,7 +14,7 @@ import pytest
 from scipy import optimize, stats
 
 from bench import models
-from bench.attacks.threat import Norm
+from bench.threat import Norm
 from bench.certify import CERTIFIERS, SoundnessFailure, evaluate_certified, randomized_smoothing, soundness_check
 from bench.certify.crown import Intermediate, crown_margin_lower, crown_preactivation_bounds
 from bench.certify.ibp import ibp_margin_lower
@@ -89,7 +89,7 @@ def test_forward_matches_model_and_unsupported_models_fail():
     with pytest.raises(BenchError, match="ConvNet"):
         network_from_model(object())
     with pytest.raises(BenchError, match="unsupported layer"):
-        CERTIFIERS["ibp"]()(("not a layer",), {}, jnp.zeros((1, 2)), jnp.zeros(1, int), 0.1)
+        CERTIFIERS["ibp"](eps=0.1)(("not a layer",), {}, jnp.zeros((1, 2)), jnp.zeros(1, int))
 
 
 @pytest.mark.parametrize("kernel,stride,padding,size", [(4, 2, ((1, 1), (1, 1)), 8), (3, 2, "SAME", 7),
@@ -123,7 +123,7 @@ def test_unsupported_model_classes_are_rejected():
     with pytest.raises(BenchError, match="ConvNet"):
         network_from_model(Pooled())
     with pytest.raises(BenchError, match="ConvNet"):
-        CERTIFIERS["crown"]()(Pooled(), {}, jnp.zeros((1, 4, 4, 1)), jnp.zeros(1, int), 0.1)
+        CERTIFIERS["crown"](eps=0.1)(Pooled(), {}, jnp.zeros((1, 4, 4, 1)), jnp.zeros(1, int))
 
 
 def _random_net(kind, seed):
@@ -162,10 +162,10 @@ def test_every_certifier_contains_sampled_margins(kind, norm, eps):
     key = jax.random.key(2)
     x = jax.random.uniform(key, (3, *shape))
     y = jnp.array([0, 1, 2])
-    bounds = {f"{name}": factory(norm=norm)(model, params, x, y, eps) for name, factory in CERTIFIERS.items()}
-    bounds["crown_ibp"] = CERTIFIERS["crown"](norm=norm, intermediate="ibp")(model, params, x, y, eps)
+    bounds = {f"{name}": factory(norm=norm, eps=eps)(model, params, x, y) for name, factory in CERTIFIERS.items()}
+    bounds["crown_ibp"] = CERTIFIERS["crown"](norm=norm, eps=eps, intermediate="ibp")(model, params, x, y)
     if kind == "conv" and norm == "linf":  # alpha-CROWN is also checked against the LP on every tiny net
-        bounds["alpha_crown"] = CERTIFIERS["crown"](norm=norm, alpha_steps=5)(model, params, x, y, eps)
+        bounds["alpha_crown"] = CERTIFIERS["crown"](norm=norm, eps=eps, alpha_steps=5)(model, params, x, y)
         assert np.all(np.asarray(bounds["alpha_crown"]) >= np.asarray(bounds["crown"]) - 1e-6)
     pre = crown_preactivation_bounds(network, params, x, jnp.float32(eps), norm=Norm(norm))
     sample = jax.jit(_sample_in_set, static_argnums=(3, 4))
@@ -285,13 +285,13 @@ def test_crown_tighter_than_ibp_where_expected():
     x = jax.random.uniform(jax.random.key(4), (8, *shape))
     y = jnp.arange(8) % 3
     # Tiny eps: every neuron is stable, CROWN is exact on the linear region and IBP can only be looser.
-    ibp = CERTIFIERS["ibp"]()(model, params, x, y, 1e-4)
-    crown = CERTIFIERS["crown"]()(model, params, x, y, 1e-4)
+    ibp = CERTIFIERS["ibp"](eps=1e-4)(model, params, x, y)
+    crown = CERTIFIERS["crown"](eps=1e-4)(model, params, x, y)
     finite = ~np.isinf(np.asarray(ibp))
     assert np.all(np.asarray(crown)[finite] >= np.asarray(ibp)[finite] - 1e-5)
     # Moderate eps on an untrained net: CROWN's linear relaxation beats intervals by a wide margin on average.
-    ibp = np.asarray(CERTIFIERS["ibp"]()(model, params, x, y, 0.05))[finite]
-    crown = np.asarray(CERTIFIERS["crown"]()(model, params, x, y, 0.05))[finite]
+    ibp = np.asarray(CERTIFIERS["ibp"](eps=0.05)(model, params, x, y))[finite]
+    crown = np.asarray(CERTIFIERS["crown"](eps=0.05)(model, params, x, y))[finite]
     assert np.mean(crown - ibp) > 0 and np.mean(crown >= ibp - 1e-5) > 0.9
 
 

@@ -23,7 +23,7 @@ from bench.attacks import pgd
 from bench.data import digits
 from bench.defenses import DEFENSES, fgsm_at, fgsm_rs, pgd_at, standard, trades
 from bench.defenses.adversarial import warmup_scale
-from bench.defenses.overfitting import detect_collapse, overfit_monitor, split_holdout
+from bench.overfitting import detect_collapse, overfit_monitor, split_holdout
 from bench.errors import BenchError
 
 EPS = 0.2

@@ -13,7 +13,8 @@ import pytest
 from scipy import stats
 
 from bench import models
-from bench.defenses import dp_sgd, standard
+from bench.defenses import standard
+from bench.privacy import dp_sgd
 from bench.errors import BenchError
 from bench.privacy import accounting
 
@@ -128,7 +129,7 @@ def test_microbatched_and_vmapped_clipping_agree():
 def test_poisson_sampler_pads_and_counts_steps():
     s = dp_sgd.PoissonSampler(1000, 0.05, steps=30, steps_per_epoch=20, pad_multiple=16)
     rng = np.random.default_rng(0)
-    first, second = s(0, rng), s(1, rng)
+    first, second = s(0, lambda epoch: rng), s(1, lambda epoch: rng)
     assert len(first) == 20 and len(second) == 10 and s.steps_taken == 30
     sizes = []
     assert s.batch_shape % 16 == 0 and s.batch_shape > 80  # binomial(1000, 0.05) exceeds 80 with prob < 1e-6
@@ -235,7 +236,9 @@ def test_privacy_run_records_the_epsilon_dp_accounting_gives(tmp_path):
 
     from hydra import compose, initialize_config_dir
 
-    from bench.privacy.run import run_privacy
+    from hydra.utils import instantiate
+
+    from bench.experiment import finish, prepare
 
     conf = Path(__file__).resolve().parents[1] / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base=None):
@@ -243,8 +246,10 @@ def test_privacy_run_records_the_epsilon_dp_accounting_gives(tmp_path):
             "scenario=privacy", "dataset=digits", "model=mlp", "model.hidden=[32]", "progress=false",
             "train.learning_rate=3e-3", "scenario.dp.batch_size=128", "scenario.dp.epochs=2",
             "scenario.dp.target_epsilon=2.0", "scenario.membership.lira.shadows=0", "scenario.audit.canaries=200",
-            "scenario.membership.n_members=300"])
-    frame = run_privacy(cfg, tmp_path, {"model": "mlp", "defense": "standard"})
+            "scenario.membership.n_members=300", "checkpoint.dir=null"])
+    scenario = instantiate(cfg.scenario, _convert_="object")
+    experiment = prepare(cfg, tmp_path, {"model": "mlp", "defense": "standard"}, scenario.streams)
+    frame = finish(experiment, scenario, scenario.run(experiment))
     assert (tmp_path / "records.parquet").exists()
     get = lambda ev, metric: float(frame[(frame.evaluator == ev) & (frame.metric == metric)].value.iloc[0])
     q, sigma, steps, delta = (get("accountant_pld", m) for m in ("sampling_rate", "noise_multiplier", "steps", "delta"))
@@ -284,3 +289,70 @@ def test_pate_partitions_aggregation_and_accounting():
     event = pate.gnmax_event(20.0, 100)
     direct = dp_accounting.rdp.RdpAccountant().compose(dp_accounting.GaussianDpEvent(20.0 / np.sqrt(2)), 100)
     assert accounting.epsilon(event, 1e-5, "rdp") == pytest.approx(direct.get_epsilon(1e-5), abs=1e-12)
+
+
+# --- resume: a DP-SGD run killed with SIGKILL ends as if never interrupted -------------------------------------
+
+DP_RUN = ["scenario=privacy", "debug=tiny", "model.hidden=[32]", "scenario.dp.batch_size=128", "scenario.dp.epochs=3",
+          "scenario.membership.lira.shadows=0", "scenario.audit.canaries=100", "scenario.membership.n_members=200",
+          "progress=false", "checkpoint.every_steps=3"]
+
+
+def _dp_run(run_dir, ckpt):
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    return [sys.executable, "-m", "bench", *DP_RUN, f"hydra.run.dir={run_dir}", f"checkpoint.dir={ckpt}"], root
+
+
+def _dp_records(run_dir):
+    import pandas as pd
+
+    frame = pd.read_parquet(run_dir / "records.parquet")
+    frame = frame[~frame.metric.isin(["seconds", "resumed_from_step"])].drop(columns=["run_id", "created", "seconds",
+                                                                                       "git_rev"])
+    return frame.sort_values(["evaluator", "metric"]).reset_index(drop=True)
+
+
+def test_killed_dp_run_resumes_to_the_same_params_epsilon_and_records(tmp_path):
+    """The Poisson sampler's position comes back from the step, the noise key from the optimizer state."""
+    import signal
+    import subprocess
+    import time
+
+    import pandas as pd
+    from flax import serialization
+
+    from bench import checkpoint
+
+    env = {"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    args, root = _dp_run(tmp_path / "reference", tmp_path / "ckpt_reference")
+    out = subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+    ckpt = tmp_path / "ckpt"
+    args, root = _dp_run(tmp_path / "killed", ckpt)
+    proc = subprocess.Popen(args, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list(ckpt.glob(f"*/{checkpoint.CHECKPOINT_FILE}")):
+        assert proc.poll() is None, "the run ended before its first checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "records.parquet").exists()
+
+    args, root = _dp_run(tmp_path / "resumed", ckpt)
+    out = subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    resumed_at = [line for line in out.stderr.splitlines() if line.startswith("resuming from")]
+    assert resumed_at, out.stderr[-2000:]
+    step = int(resumed_at[0].split(" at step ")[1].split()[0])
+    frame = pd.read_parquet(tmp_path / "resumed" / "records.parquet")
+    steps = frame[(frame.evaluator == "accountant_pld") & (frame.metric == "steps")].value.iloc[0]
+    assert 0 < step < steps  # killed in the middle of training
+    assert frame[frame.metric == "resumed_from_step"].value.tolist() == [step]
+    pd.testing.assert_frame_equal(_dp_records(tmp_path / "reference"), _dp_records(tmp_path / "resumed"))
+    leaves = lambda d: jax.tree.leaves(serialization.msgpack_restore((d / "params.msgpack").read_bytes()))
+    assert all(np.array_equal(a, b) for a, b in zip(leaves(tmp_path / "reference"), leaves(tmp_path / "resumed")))

@@ -168,17 +168,15 @@ def test_evaluation_resumes_from_per_example_cache(trained_digits, tmp_path):
         return attack(*args)
 
     suite = {(0.1, "pgd"): counted}
-    kwargs = dict(batch_size=32, progress=False, sanity=False, cache_dir=tmp_path)
-    first, first_examples = evaluate.evaluate_evasion(logits_fn, params, x, y, suite, "linf", jax.random.key(0),
-                                                      **kwargs)
+    kwargs = dict(batch_size=32, progress=False, cache_dir=tmp_path)
+    first, first_examples, *_ = evaluate.run_suite(logits_fn, params, x, y, suite, "linf", jax.random.key(0), **kwargs)
     assert len(calls) == 3
     cache = tmp_path / "0-0-pgd.npz"
     with np.load(cache) as saved:  # as if killed after the first batch
         partial = dict(idx=saved["idx"], still=np.where(np.arange(96) < 32, saved["still"], False), done=1)
     np.savez(cache, **partial)
     calls.clear()
-    again, again_examples = evaluate.evaluate_evasion(logits_fn, params, x, y, suite, "linf", jax.random.key(0),
-                                                      **kwargs)
+    again, again_examples, *_ = evaluate.run_suite(logits_fn, params, x, y, suite, "linf", jax.random.key(0), **kwargs)
     assert len(calls) == 2  # batches 2 and 3 only
     np.testing.assert_array_equal(first_examples[(0.1, "worst_case")], again_examples[(0.1, "worst_case")])
     assert [r["value"] for r in first] == [r["value"] for r in again]

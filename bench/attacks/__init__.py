@@ -6,14 +6,12 @@ jitted inside, with x_adv in the threat model (eps-ball and [0, 1]) and the
 per-example best adversarial kept. Adding one: `bench/attacks/<name>.py`,
 `conf/attack/<name>.yaml`, and one line in ATTACKS below.
 
-Conventions beyond the signature (attributes, all optional):
-- factory `.norms`: the norms it supports when not all of them (C&W: ("l2",));
-  other norms raise a BenchError that names the norm.
-- attack `.gradient_free = True`: uses no gradients (Square); the evaluator's
-  black-box-beats-white-box check compares these with the others.
-- attack `.min_classes`: below this many classes the attack falls back to CE.
-- attack `.eot_samples`: draws averaged per gradient for stochastic models.
-- a stochastic model sets `logits_fn.stochastic = True` and takes (params, x, key).
+Each factory returns a `bench.contracts.Attack`: the function and its
+`Capabilities` (gradient-free, classes its loss needs, EOT draws, the stronger
+version the convergence check runs), which the evaluator reads. A norm an attack
+is not defined for raises `bench.threat.UnsupportedNorm`. A stochastic model sets
+`logits_fn.stochastic = True` and takes (params, x, key); every attack draws
+through `bench.threat.apply_logits`. See ARCHITECTURE.md.
 """
 
 from bench.attacks.apgd import apgd_ce, apgd_dlr
@@ -22,7 +20,7 @@ from bench.attacks.cw import cw
 from bench.attacks.fgsm import fgsm
 from bench.attacks.pgd import pgd
 from bench.attacks.square import square
-from bench.attacks.threat import Norm, ThreatModelViolation, check_threat_model
+from bench.threat import Norm, ThreatModelViolation, check_threat_model
 
 # Every registered attack; the contract test in tests/test_attacks.py runs over this table.
 ATTACKS = {

@@ -25,8 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench.attacks.threat import (Norm, apply_logits, ascent_direction, check_eps, cross_entropy, dlr, dlr_targeted,
+from bench.threat import (broadcast_rows, Norm, apply_logits, ascent_direction, check_eps, cross_entropy, dlr, dlr_targeted,
                                   parse_norm, project, random_in_ball)
+from bench.contracts import Attack, Capabilities
 from bench.errors import BenchError
 
 APGD_LOSSES = ("ce", "dlr", "dlr_targeted")
@@ -59,9 +60,6 @@ def effective_loss(loss: str, num_classes: int) -> str:
     """The loss APGD actually uses for `num_classes` classes: DLR variants fall back to CE below MIN_CLASSES."""
     return loss if num_classes >= MIN_CLASSES[loss] else "ce"
 
-
-def _as_col(v, like):
-    return v.reshape((-1,) + (1,) * (like.ndim - 1))
 
 
 @partial(jax.jit, static_argnames=("logits_fn", "norm", "steps", "restarts", "loss", "n_targets", "eot_samples"))
@@ -120,7 +118,7 @@ def apgd_core(logits_fn, params, x, y, key, eps, *, norm: Norm, steps: int, rest
         adv0 = jnp.argmax(logits0, -1) != y
         eta0 = jnp.full((n,), 2.0, x.dtype) * eps
         state = dict(i=0, x_cur=x0, x_prev=x0, grad=grad0, loss_cur=loss0, x_best=x0, loss_best=loss0, grad_best=grad0,
-                     x_adv=jnp.where(_as_col(adv0, x), x0, out_x), found=out_found | adv0, eta=eta0,
+                     x_adv=jnp.where(broadcast_rows(adv0, x), x0, out_x), found=out_found | adv0, eta=eta0,
                      n_incr=jnp.zeros((n,), x.dtype), loss_last_check=loss0, reduced_last=jnp.zeros((n,), bool))
 
         def cond(s):
@@ -130,13 +128,13 @@ def apgd_core(logits_fn, params, x, y, key, eps, *, norm: Norm, steps: int, rest
             i = s["i"]
             a = jnp.where(i == 0, 1.0, momentum).astype(x.dtype)
             x_cur = s["x_cur"]
-            z = project(x, x_cur + _as_col(s["eta"], x) * ascent_direction(s["grad"], norm), norm, eps)
+            z = project(x, x_cur + broadcast_rows(s["eta"], x) * ascent_direction(s["grad"], norm), norm, eps)
             x_new = project(x, x_cur + a * (z - x_cur) + (1 - a) * (x_cur - s["x_prev"]), norm, eps)
             values, grad, logits = loss_and_grad(x_new, jax.random.fold_in(k_loop, i + 1), target)
             is_adv = jnp.argmax(logits, -1) != y
-            x_adv = jnp.where(_as_col(is_adv & ~s["found"], x), x_new, s["x_adv"])
+            x_adv = jnp.where(broadcast_rows(is_adv & ~s["found"], x), x_new, s["x_adv"])
             improved = values > s["loss_best"]
-            col = _as_col(improved, x)
+            col = broadcast_rows(improved, x)
             x_best = jnp.where(col, x_new, s["x_best"])
             grad_best = jnp.where(col, grad, s["grad_best"])
             loss_best = jnp.where(improved, values, s["loss_best"])
@@ -147,7 +145,7 @@ def apgd_core(logits_fn, params, x, y, key, eps, *, norm: Norm, steps: int, rest
             few_increases = n_incr < rho * check_len[i]
             no_gain = ~s["reduced_last"] & (s["loss_last_check"] >= loss_best)
             reduce = at & (few_increases | no_gain)
-            rcol = _as_col(reduce, x)
+            rcol = broadcast_rows(reduce, x)
             return dict(
                 i=i + 1,
                 x_cur=jnp.where(rcol, x_best, x_new),
@@ -165,7 +163,7 @@ def apgd_core(logits_fn, params, x, y, key, eps, *, norm: Norm, steps: int, rest
         s = jax.lax.while_loop(cond, body, state)
         # Not yet fooled anywhere: keep the highest-loss point over runs (losses of one kind compare).
         better = ~s["found"] & (s["loss_best"] > out_loss)
-        x_out = jnp.where(_as_col(s["found"], x), s["x_adv"], jnp.where(_as_col(better, x), s["x_best"], out_x))
+        x_out = jnp.where(broadcast_rows(s["found"], x), s["x_adv"], jnp.where(broadcast_rows(better, x), s["x_best"], out_x))
         return x_out, jnp.where(better, s["loss_best"], out_loss), s["found"]
 
     start = (x, jnp.full((n,), -jnp.inf, x.dtype), jnp.zeros((n,), bool))
@@ -202,9 +200,10 @@ def apgd(*, norm: str = "linf", eps: float, steps: int = 100, restarts: int = 1,
     def attack(logits_fn, params, x, y, key):
         return apgd_core(logits_fn, params, x, y, key, jnp.float32(eps), **static)
 
-    attack.min_classes = MIN_CLASSES[loss]
-    attack.eot_samples = int(eot_samples)
-    return attack
+    stronger = lambda: apgd(norm=norm.value, eps=eps, steps=2 * int(steps), restarts=restarts, loss=loss,
+                            eot_samples=eot_samples)
+    return Attack(attack, Capabilities(min_classes=MIN_CLASSES[loss], eot_samples=int(eot_samples),
+                                       stronger=stronger, stronger_label=f"{2 * int(steps)} steps"))
 
 
 def apgd_ce(*, norm: str = "linf", eps: float, steps: int = 100, restarts: int = 1, eot_samples: int = 1):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from bench.attacks.apgd import MIN_CLASSES, _validate, apgd_core
+from bench.contracts import Attack, Capabilities
 from bench.errors import BenchError
 
 
@@ -35,6 +36,7 @@ def apgd_t(*, norm: str = "linf", eps: float, steps: int = 100, restarts: int = 
     def attack(logits_fn, params, x, y, key):
         return apgd_core(logits_fn, params, x, y, key, jnp.float32(eps), **static)
 
-    attack.min_classes = MIN_CLASSES["dlr_targeted"]
-    attack.eot_samples = int(eot_samples)
-    return attack
+    stronger = lambda: apgd_t(norm=norm.value, eps=eps, steps=2 * int(steps), restarts=restarts, n_targets=n_targets,
+                              eot_samples=eot_samples)
+    return Attack(attack, Capabilities(min_classes=MIN_CLASSES["dlr_targeted"], eot_samples=int(eot_samples),
+                                       stronger=stronger, stronger_label=f"{2 * int(steps)} steps"))

@@ -22,14 +22,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bench.attacks.threat import Norm, apply_logits, check_eps, margin, parse_norm, project
+from bench.threat import broadcast_rows, Norm, apply_logits, check_eps, margin, parse_norm, project
+from bench.contracts import Attack, Capabilities
 from bench.errors import BenchError
+from bench.threat import UnsupportedNorm
 
 NORMS = ("l2",)
 
-
-def _col(v, like):
-    return v.reshape((-1,) + (1,) * (like.ndim - 1))
 
 
 @partial(jax.jit, static_argnames=("logits_fn", "steps", "binary_steps"))
@@ -55,7 +54,7 @@ def cw_core(logits_fn, params, x, y, key, c_init, learning_rate, kappa, *, steps
             w, opt_state, best_x, best_d, success = inner
             grad, (x_adv, dist2, is_adv) = grad_fn(w, c, jax.random.fold_in(key, b * steps + t))
             better = is_adv & (dist2 < best_d)
-            best_x = jnp.where(_col(better, x), x_adv, best_x)
+            best_x = jnp.where(broadcast_rows(better, x), x_adv, best_x)
             updates, opt_state = optimizer.update(grad, opt_state, w)
             return optax.apply_updates(w, updates), opt_state, best_x, jnp.where(better, dist2, best_d), success | is_adv
 
@@ -94,7 +93,7 @@ def cw(*, norm: str = "l2", eps: float, steps: int = 100, binary_steps: int = 6,
     """
     norm = parse_norm(norm)
     if norm.value not in NORMS:
-        raise BenchError(f"C&W is an L2 attack; norm '{norm.value}' is not supported (use norm=l2, or APGD for linf)")
+        raise UnsupportedNorm(f"C&W is an L2 attack; norm '{norm.value}' is not supported (use norm=l2, or APGD for linf)")
     eps = check_eps(norm, eps)
     if int(steps) < 1 or int(binary_steps) < 1:
         raise BenchError(f"C&W needs steps >= 1 and binary_steps >= 1, got {steps} and {binary_steps}")
@@ -106,7 +105,6 @@ def cw(*, norm: str = "l2", eps: float, steps: int = 100, binary_steps: int = 6,
     def attack(logits_fn, params, x, y, key):
         return _cw_bounded(logits_fn, params, x, y, key, *numbers, **static)
 
-    return attack
-
-
-cw.norms = NORMS  # the norms a factory supports, where not every Norm; the contract test skips the others
+    stronger = lambda: cw(norm=norm.value, eps=eps, steps=2 * int(steps), binary_steps=binary_steps, c_init=c_init,
+                          learning_rate=learning_rate, kappa=kappa)
+    return Attack(attack, Capabilities(stronger=stronger, stronger_label=f"{2 * int(steps)} steps"))

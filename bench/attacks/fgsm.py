@@ -10,7 +10,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from bench.attacks.pgd import pgd_core
-from bench.attacks.threat import check_eps, parse_loss, parse_norm
+from bench.contracts import Attack
+from bench.threat import check_eps, parse_loss, parse_norm
 
 
 def fgsm(*, norm: str = "linf", eps: float, step_size: float | None = None, random_start: bool = False,
@@ -25,4 +26,4 @@ def fgsm(*, norm: str = "linf", eps: float, step_size: float | None = None, rand
     def attack(logits_fn, params, x, y, key):
         return pgd_core(logits_fn, params, x, y, key, jnp.float32(eps), jnp.float32(step_size), **static)
 
-    return attack
+    return Attack(attack)  # one step by definition: its stronger version is a fresh restart

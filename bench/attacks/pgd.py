@@ -13,7 +13,8 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from bench.attacks.threat import LOSSES, Norm, ascent_direction, check_eps, parse_loss, parse_norm, project, random_in_ball
+from bench.threat import LOSSES, apply_logits, broadcast_rows, Norm, ascent_direction, check_eps, parse_loss, parse_norm, project, random_in_ball
+from bench.contracts import Attack, Capabilities
 from bench.errors import BenchError
 
 
@@ -32,8 +33,8 @@ def pgd_core(logits_fn, params, x, target, key, eps, step_size, *, norm: Norm, s
     loss_fn = LOSSES[loss]
     labels = _labels(target)
 
-    def loss_and_logits(x_adv):
-        logits = logits_fn(params, x_adv)
+    def loss_and_logits(x_adv, draw_key):
+        logits = apply_logits(logits_fn, params, x_adv, draw_key)  # a stochastic model draws with draw_key
         per_example = loss_fn(logits, target)
         return per_example.sum(), (per_example, logits)
 
@@ -43,7 +44,7 @@ def pgd_core(logits_fn, params, x, target, key, eps, step_size, *, norm: Norm, s
         best_x, best_loss, best_adv = best
         is_adv = jnp.argmax(logits, axis=-1) != labels
         better = (is_adv & ~best_adv) | ((is_adv == best_adv) & (per_example > best_loss))
-        mask = better.reshape((-1,) + (1,) * (x.ndim - 1))
+        mask = broadcast_rows(better, x)
         return (jnp.where(mask, x_adv, best_x), jnp.where(better, per_example, best_loss), best_adv | is_adv)
 
     def one_restart(r, best):
@@ -52,15 +53,15 @@ def pgd_core(logits_fn, params, x, target, key, eps, step_size, *, norm: Norm, s
         if random_start:
             x_adv = project(x, x + random_in_ball(k, x.shape, norm, eps), norm, eps)
 
-        def step(_, carry):
+        def step(i, carry):
             x_adv, best = carry
-            grad, (per_example, logits) = grad_fn(x_adv)
+            grad, (per_example, logits) = grad_fn(x_adv, jax.random.fold_in(k, i + 1))
             best = keep_best(best, x_adv, per_example, logits)
             x_adv = project(x, x_adv + step_size * ascent_direction(grad, norm), norm, eps)
             return x_adv, best
 
         x_adv, best = jax.lax.fori_loop(0, steps, step, (x_adv, best))
-        _, (per_example, logits) = loss_and_logits(x_adv)
+        _, (per_example, logits) = loss_and_logits(x_adv, jax.random.fold_in(k, steps + 1))
         return keep_best(best, x_adv, per_example, logits)
 
     n = x.shape[0]
@@ -89,6 +90,7 @@ def pgd(*, norm: str = "linf", eps: float, steps: int = 40, step_size: float | N
         raise BenchError(f"PGD needs steps >= 1, got {steps}")
     if int(restarts) < 1:
         raise BenchError(f"PGD needs restarts >= 1, got {restarts}")
+    configured_step = step_size
     step_size = 2.5 * eps / steps if step_size is None else float(step_size)
     if step_size < 0:
         raise BenchError(f"step_size must be >= 0, got {step_size}")
@@ -97,4 +99,7 @@ def pgd(*, norm: str = "linf", eps: float, steps: int = 40, step_size: float | N
     def attack(logits_fn, params, x, y, key):
         return pgd_core(logits_fn, params, x, y, key, jnp.float32(eps), jnp.float32(step_size), **static)
 
-    return attack
+    # twice the steps; a configured step size is kept, the default one scales with the steps
+    stronger = lambda: pgd(norm=norm.value, eps=eps, steps=2 * int(steps), step_size=configured_step, restarts=restarts,
+                           random_start=random_start, loss=loss)
+    return Attack(attack, Capabilities(stronger=stronger, stronger_label=f"{2 * int(steps)} steps"))

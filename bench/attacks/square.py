@@ -26,7 +26,8 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from bench.attacks.threat import Norm, apply_logits, check_eps, flat_norm, margin, parse_norm, project
+from bench.threat import broadcast_rows, Norm, apply_logits, check_eps, flat_norm, margin, parse_norm, project
+from bench.contracts import Attack, Capabilities
 from bench.errors import BenchError
 
 _HALVINGS = jnp.asarray([10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000])
@@ -36,9 +37,6 @@ def _fraction(i, p_init):
     """Share of the image a square covers at iteration i."""
     return p_init / 2.0 ** jnp.sum(i > _HALVINGS)
 
-
-def _col(v, like):
-    return v.reshape((-1,) + (1,) * (like.ndim - 1))
 
 
 @partial(jax.jit, static_argnames=("logits_fn", "norm", "n_queries"))
@@ -58,7 +56,7 @@ def square_core(logits_fn, params, x, y, key, eps, p_init, *, norm: Norm, n_quer
         delta = eps * jnp.broadcast_to(stripes, x.shape)
     else:
         delta = jnp.broadcast_to(stripes, x.shape)
-        delta = delta * _col(eps / jnp.maximum(flat_norm(delta, norm), 1e-12), x)
+        delta = delta * broadcast_rows(eps / jnp.maximum(flat_norm(delta, norm), 1e-12), x)
     x_best = project(x, x + delta, norm, eps)
     m_best, found = score(x_best, jax.random.fold_in(k_loop, 0))
 
@@ -78,7 +76,7 @@ def square_core(logits_fn, params, x, y, key, eps, p_init, *, norm: Norm, n_quer
         first = jnp.clip(x + jnp.where(inside, eps * signs, delta), 0.0, 1.0)
         unchanged = jnp.sum(jnp.abs(first - x_cur), axis=(1, 2, 3)) < 1e-7
         flipped = jnp.clip(x + jnp.where(inside, -eps * signs, delta), 0.0, 1.0)
-        return jnp.where(_col(unchanged, x), flipped, first)
+        return jnp.where(broadcast_rows(unchanged, x), flipped, first)
 
     def candidate_l2(k, size, x_cur):
         k_1, k_2, k_s = jax.random.split(k, 3)
@@ -89,7 +87,7 @@ def square_core(logits_fn, params, x, y, key, eps, p_init, *, norm: Norm, n_quer
         spare = jnp.maximum(eps ** 2 - flat_norm(delta, norm) ** 2, 0.0)
         mass = jnp.sqrt(jnp.sum(jnp.where(both, delta, 0.0) ** 2, axis=(1, 2, 3)) + spare)
         pattern = jnp.where(inside, 1.0 / (dist + 1.0) ** 2, 0.0) * jax.random.rademacher(k_s, (n, 1, 1, c), x.dtype)
-        pattern = pattern * _col(mass / jnp.maximum(flat_norm(pattern, norm), 1e-12), x)
+        pattern = pattern * broadcast_rows(mass / jnp.maximum(flat_norm(pattern, norm), 1e-12), x)
         return project(x, x + jnp.where(both, 0.0, delta) + pattern, norm, eps)
 
     candidate = candidate_linf if norm == Norm.LINF else candidate_l2
@@ -105,7 +103,7 @@ def square_core(logits_fn, params, x, y, key, eps, p_init, *, norm: Norm, n_quer
         x_new = candidate(k, size, x_cur)
         m_new, adv_new = score(x_new, jax.random.fold_in(k, 1))
         accept = ~found & (m_new < m_cur)
-        x_cur = jnp.where(_col(accept, x), x_new, x_cur)
+        x_cur = jnp.where(broadcast_rows(accept, x), x_new, x_cur)
         return i + 1, x_cur, jnp.where(accept, m_new, m_cur), found | (accept & adv_new)
 
     _, x_best, _, _ = jax.lax.while_loop(cond, body, (0, x_best, m_best, found))
@@ -132,5 +130,4 @@ def square(*, norm: str = "linf", eps: float, n_queries: int = 5000, p_init: flo
     def attack(logits_fn, params, x, y, key):
         return square_core(logits_fn, params, x, y, key, jnp.float32(eps), jnp.float32(p_init), **static)
 
-    attack.gradient_free = True
-    return attack
+    return Attack(attack, Capabilities(gradient_free=True))

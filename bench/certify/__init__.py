@@ -1,6 +1,6 @@
 """Certifiers. Each bound certifier is a factory of plain keyword hyper-parameters returning
 
-    certify(network, params, x, y, eps) -> margin_lower
+    certify(network, params, x, y) -> margin_lower     (built with norm= and eps=, like an attack)
 
 with margin_lower[i, j] a lower bound on logit_y - logit_j over the eps-ball
 around x[i] intersected with [0, 1] (+inf at j = y); an example is certified

@@ -23,13 +23,14 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from bench import evaluate, models, records
+from bench.experiment import context, prepare
 from bench.certify.evaluate import evaluate_certified, evaluate_smoothing, sandwich_table, soundness_check
 from bench.errors import BenchError
 
 
 def _certifier_factories(names, conf_dir, from_config):
     if from_config is not None and not names:
-        return {name: instantiate(c) for name, c in from_config.items()}
+        return dict(from_config)
     factories = {}
     for name in names or ["ibp", "crown"]:
         path = conf_dir / "certify" / f"{name}.yaml"
@@ -66,25 +67,29 @@ def main(argv: list[str] | None = None) -> int:
             raise BenchError(f"{config_path} not found; pass the folder of a finished `python -m bench` run")
         cfg = OmegaConf.load(config_path)
         conf_dir = Path(__file__).resolve().parents[2] / "conf"
-        data = instantiate(cfg.dataset)
-        model = instantiate(cfg.model, num_classes=data.num_classes, mean=data.mean, std=data.std)
-        logits_fn = models.make_logits_fn(model)
-        params = models.load_params(params_path, models.init_params(model, jax.random.key(0), data.image_shape))
-        n = args.n_examples or cfg.suite.get("n_examples") or len(data.y_test)
+        # the run's own setup, labels and stable config hash (bench/experiment.py), as the run recorded them
+        hydra_path = run_dir / ".hydra" / "hydra.yaml"
+        choices = OmegaConf.load(hydra_path).hydra.runtime.choices if hydra_path.is_file() else {}
+        scenario = instantiate(cfg.scenario, _convert_="object")
+        experiment = prepare(cfg, run_dir, choices, streams=("init",))
+        data = experiment.data
+        built = experiment.build_model()
+        model, logits_fn = built.module, built.logits_fn
+        params = models.load_params(params_path, built.params)
+        n = args.n_examples or experiment.suite.n_examples or len(data.y_test)
         x, y = data.x_test[:n], data.y_test[:n]
-        norm, eps_list = cfg.suite.norm, args.eps or list(cfg.suite.eps)
+        norm, eps_list = experiment.suite.norm, args.eps or list(experiment.suite.eps)
         key = jax.random.key(args.seed)
         results, robust = [], {}
         if not args.no_attacks:
-            attacks = {name: instantiate(a) for name, a in cfg.suite.attacks.items()}
-            suite = evaluate.build_suite(attacks, norm, eps_list)
-            results, robust = evaluate.evaluate_evasion(logits_fn, params, x, y, suite, norm, key,
-                                                        batch_size=cfg.suite.batch_size, progress=False)
+            suite = evaluate.build_suite(experiment.suite.attacks, norm, eps_list)
+            outcome = evaluate.run_suite(logits_fn, params, x, y, suite, norm, key,
+                                         batch_size=experiment.suite.batch_size, progress=False)
+            results, robust = list(outcome.rows), outcome.per_example
         else:
             clean = evaluate.predict(logits_fn, params, x) == y
-            results.append(dict(evaluator="clean", norm="none", eps=0.0, metric="accuracy", value=float(clean.mean()),
-                                n=len(y), seconds=0.0))
-        factories = _certifier_factories(args.certifiers, conf_dir, cfg.suite.get("certifiers"))
+            results.append(records.row("clean", "accuracy", clean.mean(), len(y)))
+        factories = _certifier_factories(args.certifiers, conf_dir, experiment.suite.certifiers or None)
         cert_results, certified = evaluate_certified(model, params, x, y, factories, norm, eps_list,
                                                      batch_size=args.batch_size)
         results += cert_results
@@ -95,10 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             smooth_results, _ = evaluate_smoothing(logits_fn, params, x, y, certify, args.radii,
                                                    jax.random.fold_in(key, 1), batch_size=smoothing_cfg.batch_size)
             results += smooth_results
-        context = dict(scenario="evasion", dataset=data.name, model=str(cfg.model._target_).rsplit(".", 1)[-1],
-                       defense=str(cfg.defense._target_).rsplit(".", 1)[-1],
-                       **records.provenance(OmegaConf.to_container(cfg, resolve=True), seed=cfg.seed,
-                                            data_fingerprint=data.fingerprint))
+        context = context(scenario.name, scenario.defense_label(experiment.labels["defense"]), experiment)
         records.atomic_write_bytes(run_dir / "certified_records.parquet",
                                    records.make_rows(results, context).to_parquet(index=False))
         print(sandwich_table(results).to_markdown(index=False, floatfmt=".2f"))

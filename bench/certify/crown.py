@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bench.attacks.threat import Norm, parse_norm
+from bench.threat import Norm, check_eps, parse_norm
 from bench.certify.domain import InputSet, concretize, input_set
 from bench.certify.ibp import first_block_bounds, interval_block
 from bench.certify.network import (Network, as_network, block_input_shapes, blocks, check_params, margin_spec_others,
@@ -165,12 +165,13 @@ def crown_preactivation_bounds(network: Network, params, x, eps, *, norm: Norm =
     return preactivation_bounds(net_blocks, params, input_set(x, eps), norm, intermediate, lower_slope, shapes)
 
 
-def crown(*, norm: str = "linf", intermediate: str = "crown", lower_slope: str = "adaptive",
+def crown(*, norm: str = "linf", eps: float, intermediate: str = "crown", lower_slope: str = "adaptive",
           alpha_steps: int = 0, alpha_lr: float = 0.1, max_coefficients: int = 2**26):
-    """CROWN certifier `(network, params, x, y, eps) -> margin_lower` (n, classes), +inf at the true class.
+    """CROWN certifier `(network, params, x, y) -> margin_lower` (n, classes) at `eps`, +inf at the true class.
 
     Args:
       norm: "linf" or "l2"; the input set is the eps-ball intersected with [0, 1].
+      eps: radius of the threat model in [0, 1] pixel units.
       intermediate: "crown" (full CROWN, Zhang et al. 2018) or "ibp" (CROWN-IBP, Zhang et al. 2020).
       lower_slope: "adaptive" (the paper's), "zero" or "one": the lower line of unstable ReLUs.
       alpha_steps: > 0 optimises the last pass's lower slopes per margin with that many Adam steps
@@ -181,6 +182,7 @@ def crown(*, norm: str = "linf", intermediate: str = "crown", lower_slope: str =
         a network that needs more for a single example is a BenchError.
     """
     norm = parse_norm(norm)
+    eps = check_eps(norm, eps)
     intermediate = _parse(Intermediate, intermediate, "intermediate bounds")
     max_coefficients = int(max_coefficients)
     alpha_steps, alpha_lr = int(alpha_steps), float(alpha_lr)
@@ -188,7 +190,7 @@ def crown(*, norm: str = "linf", intermediate: str = "crown", lower_slope: str =
         raise BenchError(f"alpha_steps must be >= 0, got {alpha_steps}")
     lower_slope = _parse(LowerSlope, lower_slope, "lower slope")
 
-    def certify(network, params, x, y, eps):
+    def certify(network, params, x, y):
         network = as_network(network)
         check_params(network, params)
         x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.int32)

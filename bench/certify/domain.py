@@ -14,7 +14,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from bench.attacks.threat import Norm
+from bench.threat import Norm
 
 
 class InputSet(NamedTuple):

@@ -3,9 +3,9 @@
 `evaluate_certified` runs every bound certifier at every epsilon and returns
 flat result rows (evaluator, norm, eps, metric="certified_accuracy", value, n,
 seconds) plus per-example masks keyed (eps, name), as `bench.evaluate`'s
-`evaluate_evasion` does for attacks; "certified_any" is the suite figure (an
+`run_suite` does for attacks; "certified_any" is the suite figure (an
 example certified by any certifier). `soundness_check` then fails the run when
-an example certified at eps is broken by an attack at the same eps (DESIGN.md
+an example certified at eps is broken by an attack at the same eps (ARCHITECTURE.md
 invariant). `evaluate_smoothing` reports randomized smoothing at a list of L2
 radii; its certificates are for the smoothed classifier, so they are reported
 but not checked against attacks on the base network.
@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bench import sharding
-from bench.attacks.threat import check_eps, parse_norm
+from bench.threat import check_eps, parse_norm
 from bench.certify.network import as_network
 from bench.certify.smoothing import ABSTAIN
 from bench.errors import BenchError
@@ -51,8 +51,8 @@ def evaluate_certified(network, params, x: np.ndarray, y: np.ndarray, certifiers
 
     Args:
       network: a `bench.models.ConvNet` or a layer list (bench.certify.network).
-      certifiers: {name: factory}; each factory is called with `norm=` and returns
-        `(network, params, x, y, eps) -> margin_lower`.
+      certifiers: {name: factory}; each factory is called with `norm=` and `eps=` and returns
+        `(network, params, x, y) -> margin_lower` (bench.contracts.Certifier).
       batch_size: examples per bound computation (CROWN's memory grows with it).
     Returns (results, per_example): flat result dicts and {(eps, name): bool mask},
     "certified_any" included.
@@ -63,18 +63,18 @@ def evaluate_certified(network, params, x: np.ndarray, y: np.ndarray, certifiers
     if len(eps_list) == 0:
         raise BenchError("no epsilon to certify at; give a non-empty list")
     network = as_network(network)
-    built = {name: factory(norm=norm.value) for name, factory in certifiers.items()}
     n = len(y)
     results, per_example = [], {}
     for eps in eps_list:
         eps = check_eps(norm, eps)
         any_certified = np.zeros(n, bool)
-        for name, certify in built.items():
+        for name, factory in certifiers.items():
+            certify = factory(norm=norm.value, eps=eps)
             started = time.perf_counter()
             mask = np.zeros(n, bool)
             for start in range(0, n, batch_size):
                 s = slice(start, min(start + batch_size, n))
-                mask[s] = certified_mask(certify(network, params, *sharding.shard_batch(x[s], y[s]), eps))
+                mask[s] = certified_mask(certify(network, params, *sharding.shard_batch(x[s], y[s])))
             seconds = time.perf_counter() - started
             per_example[(eps, name)] = mask
             any_certified |= mask
@@ -92,7 +92,7 @@ def soundness_check(certified_masks: Mapping[tuple[float, str], np.ndarray],
 
     Both mappings are keyed (eps, name) with boolean masks over the same examples
     and the same norm: certified_masks from `evaluate_certified`, robust_masks the
-    per_example masks of `bench.evaluate.evaluate_evasion` (True = still correct).
+    per_example masks of `bench.evaluate.run_suite` (True = still correct).
     A certificate at eps > 0 also claims the clean prediction, so the clean mask
     (key (0.0, "clean")) is checked against every certificate too.
     """

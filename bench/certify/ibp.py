@@ -18,7 +18,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from bench.attacks.threat import Norm, parse_norm
+from bench.threat import Norm, check_eps, parse_norm
 from bench.certify.domain import InputSet, concretize, input_set
 from bench.certify.network import (MIXING, Network, apply_block, as_network, blocks, check_params, margin_spec,
                                    num_logits, transpose_block)
@@ -84,15 +84,16 @@ def ibp_margin_lower(network: Network, params, x, y, eps, *, norm: Norm = Norm.L
     return mark_true_class(fold_last_block(net_blocks, params, spec, domain, norm, pre), y)
 
 
-def ibp(*, norm: str = "linf"):
-    """IBP certifier `(network, params, x, y, eps) -> margin_lower` (n, classes), +inf at the true class.
+def ibp(*, norm: str = "linf", eps: float):
+    """IBP certifier `(network, params, x, y) -> margin_lower` (n, classes) at `eps`, +inf at the true class.
 
     `network` is a `bench.models.ConvNet` or a layer list (bench.certify.network);
     an example is certified at eps when every entry is > 0.
     """
     norm = parse_norm(norm)
+    eps = check_eps(norm, eps)
 
-    def certify(network, params, x, y, eps):
+    def certify(network, params, x, y):
         network = as_network(network)
         check_params(network, params)
         return ibp_margin_lower(network, params, jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.int32),

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 
 from bench.attacks.pgd import pgd_core
-from bench.attacks.threat import Norm, check_eps, parse_loss, parse_norm
+from bench.threat import Norm, check_eps, parse_loss, parse_norm
 from bench.errors import BenchError
 
 

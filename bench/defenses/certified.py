@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bench.attacks.threat import check_eps, parse_norm
+from bench.threat import check_eps, parse_norm
 from bench.certify.crown import Intermediate, LowerSlope, crown_margin_lower
 from bench.certify.ibp import ibp_margin_lower
 from bench.certify.network import as_network

@@ -3,7 +3,7 @@
 x_adv: a uniform random start in the eps-ball, then one signed-gradient step of
 1.25 * eps, projected back; the loss is CE(x_adv). The paper pairs it with a
 cyclic (one-cycle) learning rate (`train.schedule=onecycle`) and early stopping
-on catastrophic overfitting (`train.overfit_check`, see bench/defenses/overfitting.py).
+on catastrophic overfitting (`train.overfit_check`, see bench/overfitting.py).
 """
 
 from __future__ import annotations

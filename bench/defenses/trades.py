@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bench.attacks.threat import kl_to_target
+from bench.threat import kl_to_target
 from bench.defenses.adversarial import inner_attack
 from bench.errors import BenchError
 

@@ -22,6 +22,10 @@ class Norm(str, enum.Enum):
     L2 = "l2"
 
 
+class UnsupportedNorm(BenchError):
+    """An attack or certifier asked for a norm it is not defined for; the message names the norm."""
+
+
 def parse_norm(norm: str | Norm) -> Norm:
     """The Norm for a config string, or a clear error."""
     try:
@@ -47,7 +51,8 @@ def _flat_norm(v: jax.Array, norm: Norm) -> jax.Array:
     return jnp.sqrt(jnp.sum(v * v, axis=1))
 
 
-def _per_example(scale: jax.Array, like: jax.Array) -> jax.Array:
+def broadcast_rows(scale: jax.Array, like: jax.Array) -> jax.Array:
+    """One value per example, shaped to broadcast against `like` (batch first): (n,) -> (n, 1, 1, ...)."""
     return scale.reshape((-1,) + (1,) * (like.ndim - 1))
 
 
@@ -63,7 +68,7 @@ def project(x: jax.Array, x_adv: jax.Array, norm: Norm, eps) -> jax.Array:
     else:
         length = _flat_norm(delta, norm)
         factor = jnp.minimum(1.0, eps / jnp.maximum(length, 1e-12))
-        delta = delta * _per_example(factor, delta)
+        delta = delta * broadcast_rows(factor, delta)
     return jnp.clip(x + delta, 0.0, 1.0)
 
 
@@ -72,7 +77,7 @@ def ascent_direction(grad: jax.Array, norm: Norm) -> jax.Array:
     if norm == Norm.LINF:
         return jnp.sign(grad)
     length = _flat_norm(grad, norm)
-    return grad / _per_example(jnp.maximum(length, 1e-12), grad)
+    return grad / broadcast_rows(jnp.maximum(length, 1e-12), grad)
 
 
 def random_in_ball(key: jax.Array, shape, norm: Norm, eps) -> jax.Array:
@@ -81,9 +86,9 @@ def random_in_ball(key: jax.Array, shape, norm: Norm, eps) -> jax.Array:
         return jax.random.uniform(key, shape, minval=-1.0, maxval=1.0) * eps
     k_dir, k_rad = jax.random.split(key)
     direction = jax.random.normal(k_dir, shape)
-    direction = direction / _per_example(jnp.maximum(_flat_norm(direction, norm), 1e-12), direction)
+    direction = direction / broadcast_rows(jnp.maximum(_flat_norm(direction, norm), 1e-12), direction)
     radius = jax.random.uniform(k_rad, (shape[0],)) * eps
-    return direction * _per_example(radius, direction)
+    return direction * broadcast_rows(radius, direction)
 
 
 def is_stochastic(logits_fn) -> bool:

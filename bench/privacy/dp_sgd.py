@@ -96,6 +96,21 @@ def plan(n: int, *, clip_norm: float, batch_size: int | None = None, sampling_ra
     return DpPlan(float(clip_norm), float(noise_multiplier), q, steps, delta, int(n), max(1, round(1 / q)))
 
 
+def plan_from_settings(n: int, *, clip_norm: float, batch_size: int | None, sampling_rate: float | None,
+                       epochs: float | None, steps: int | None, noise_multiplier: float | None,
+                       target_epsilon: float | None, delta: float | None, accountant: str,
+                       default_batch_size: int, default_epochs: float) -> DpPlan:
+    """The plan for settings where several may be given at once (conf/scenario/privacy.yaml): a set
+    noise_multiplier wins over target_epsilon, sampling_rate over batch_size and steps over epochs; an unset
+    batch size or epochs count falls back to the defaults (train.batch_size, train.epochs)."""
+    return plan(n, clip_norm=clip_norm,
+                batch_size=None if sampling_rate is not None else (batch_size or default_batch_size),
+                sampling_rate=sampling_rate, epochs=None if steps is not None else (epochs or default_epochs),
+                steps=steps, noise_multiplier=noise_multiplier,
+                target_epsilon=None if noise_multiplier is not None else target_epsilon, delta=delta,
+                accountant=accountant)
+
+
 def clipped_value_and_grad(clip_norm: float, microbatch_size: int | None = 1) -> Callable[[Callable], Callable]:
     """The `grad_fn` hook of `bench.train.train`: objective -> per-example clipped, summed gradients.
 
@@ -167,16 +182,26 @@ class PoissonSampler:
         self.batch_shape = max(1, math.ceil(largest / self.pad_multiple)) * self.pad_multiple
         self.strategy = batch_selection.CyclicPoissonSampling(
             sampling_prob=float(q), iterations=int(steps), partition_type=batch_selection.PartitionType.INDEPENDENT)
-        self.steps_taken = 0
+        self._position = 0  # batches handed out so far, in the order of the whole sequence
         self._batches = None
 
-    def __call__(self, epoch: int, rng: np.random.Generator) -> list[np.ndarray]:
-        if self._batches is None:
-            self._batches = self.strategy.batch_iterator(self.n, rng=rng)
+    @property
+    def steps_taken(self) -> int:
+        """Steps handed out, counted over the whole run (a resumed run included): what the accountant composes."""
+        return self._position
+
+    def __call__(self, epoch: int, epoch_rng: Callable[[int], np.random.Generator]) -> list[np.ndarray]:
+        """The batches of `epoch`. The whole sequence comes from one generator, `epoch_rng(0)`; a call at another
+        position than where the last one ended (a run resumed from a checkpoint) replays the sequence up to that
+        epoch, so the batches are a function of (seed, epoch) only and a resumed run sees the same ones."""
+        start = int(epoch) * self.steps_per_epoch
+        if self._batches is None or self._position != start:
+            self._batches = self.strategy.batch_iterator(self.n, rng=epoch_rng(0))
+            self._position = sum(1 for _ in itertools.islice(self._batches, start))
         out = []
         for idx in itertools.islice(self._batches, self.steps_per_epoch):
             idx = np.asarray(idx, np.int64)
             size = max(self.batch_shape, math.ceil(idx.size / self.pad_multiple) * self.pad_multiple)
             out.append(np.concatenate([idx, np.full(size - idx.size, -1, np.int64)]))  # an empty step still adds noise
-        self.steps_taken += len(out)
+        self._position += len(out)
         return out
