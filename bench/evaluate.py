@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from bench import sharding
+from bench import records, sharding
 from bench.contracts import capabilities
 from bench.threat import apply_logits, check_eps, check_threat_model, cross_entropy, parse_norm
 from bench.errors import BenchError
@@ -171,8 +171,7 @@ def run_suite(logits_fn, params, x: np.ndarray, y: np.ndarray, suite: Mapping[tu
     n = len(y)
     t0 = time.perf_counter()
     clean = predict(logits_fn, params, x, batch_size) == y
-    results = [dict(evaluator="clean", norm="none", eps=0.0, metric="accuracy", value=float(clean.mean()), n=n,
-                    seconds=time.perf_counter() - t0)]
+    results = [records.row("clean", "accuracy", clean.mean(), n, seconds=time.perf_counter() - t0)]
     per_example = {(0.0, "clean"): clean}
     num_classes = int(jax.eval_shape(lambda v: apply_logits(logits_fn, params, v, jax.random.key(0)),
                                      jnp.asarray(x[:1])).shape[-1]) if n else 0
@@ -200,20 +199,19 @@ def run_suite(logits_fn, params, x: np.ndarray, y: np.ndarray, suite: Mapping[tu
             seconds = time.perf_counter() - t0
             if cumulative:
                 per_example[(eps, name)] = worst.copy()
-                results.append(dict(evaluator=name, norm=norm.value, eps=eps, metric="cumulative_robust_accuracy",
-                                    value=float(worst.mean()), n=n, seconds=seconds))
+                results.append(records.row(name, "cumulative_robust_accuracy", worst.mean(), n, norm=norm, eps=eps,
+                                           seconds=seconds))
             else:
                 per_example[(eps, name)] = robust
-                results.append(dict(evaluator=name, norm=norm.value, eps=eps, metric="robust_accuracy",
-                                    value=float(robust.mean()), n=n, seconds=seconds))
+                results.append(records.row(name, "robust_accuracy", robust.mean(), n, norm=norm, eps=eps,
+                                           seconds=seconds))
             needs = capabilities(attack).min_classes
             if num_classes < needs:
-                results.append(dict(evaluator=name, norm=norm.value, eps=eps, metric="fallback_ce", value=1.0, n=n,
-                                    seconds=0.0, reason=f"{name} needs {needs} classes for its DLR loss, the model "
-                                                        f"has {num_classes}: it ran with cross-entropy"))
+                results.append(records.row(name, "fallback_ce", 1.0, n, norm=norm, eps=eps,
+                                           reason=f"{name} needs {needs} classes for its DLR loss, the model "
+                                                  f"has {num_classes}: it ran with cross-entropy"))
             bar.update(1)
         per_example[(eps, "worst_case")] = worst
-        results.append(dict(evaluator="worst_case", norm=norm.value, eps=eps, metric="robust_accuracy",
-                            value=float(worst.mean()), n=n, seconds=0.0))
+        results.append(records.row("worst_case", "robust_accuracy", worst.mean(), n, norm=norm, eps=eps))
     bar.close()
     return SuiteOutcome(results, per_example, broken_by, ran_on)

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bench.attacks.pgd import pgd
+from bench import records
 from bench.contracts import capabilities
 from bench.evaluate import SuiteOutcome, _input_gradients, _logits_batch, attack_examples
 from bench.threat import Norm, parse_norm
@@ -39,8 +40,7 @@ TOLERANCE = {
 
 
 def _flag(name, tripped, reason, n, seconds, norm="none", eps=0.0):
-    return dict(evaluator="sanity", norm=norm, eps=float(eps), metric=name, value=float(bool(tripped)), n=int(n),
-                seconds=seconds, reason=reason)
+    return records.row("sanity", name, float(bool(tripped)), n, norm=norm, eps=eps, seconds=seconds, reason=reason)
 
 
 def _verdict(tripped: bool, measurement: str, advice: str) -> tuple[bool, str]:

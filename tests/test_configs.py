@@ -14,7 +14,7 @@ from bench import models
 from bench.evaluate import build_suite
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-DEFAULT_GROUPS = {"dataset", "model", "defense", "suite", "scenario"}
+DEFAULT_GROUPS = {"dataset", "model", "defense", "suite", "scenario", "debug"}
 OPTIONS = sorted((p.parent.relative_to(CONF).as_posix(), p.stem) for p in CONF.glob("*/**/*.yaml")
                  if p.parent.name != "launcher")
 

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                                                      batch_size=args.batch_size)
         results += cert_results
         if args.smoothing:
-            smoothing_cfg = cfg.suite.get("smoothing") or OmegaConf.load(conf_dir / "certify" / "smoothing.yaml")
+            smoothing_cfg = OmegaConf.select(cfg, "suite.smoothing") or OmegaConf.load(conf_dir / "certify" / "smoothing.yaml")
             overrides = {k: v for k, v in (("sigma", args.sigma), ("n", args.n)) if v is not None}
             certify = instantiate(smoothing_cfg)(**overrides)
             smooth_results, _ = evaluate_smoothing(logits_fn, params, x, y, certify, args.radii,

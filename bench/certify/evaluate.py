@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench import sharding
+from bench import records, sharding
 from bench.threat import check_eps, parse_norm
 from bench.certify.network import as_network
 from bench.certify.smoothing import ABSTAIN
@@ -78,11 +78,9 @@ def evaluate_certified(network, params, x: np.ndarray, y: np.ndarray, certifiers
             seconds = time.perf_counter() - started
             per_example[(eps, name)] = mask
             any_certified |= mask
-            results.append(dict(evaluator=name, norm=norm.value, eps=eps, metric="certified_accuracy",
-                                value=float(mask.mean()), n=n, seconds=seconds))
+            results.append(records.row(name, "certified_accuracy", mask.mean(), n, norm=norm, eps=eps, seconds=seconds))
         per_example[(eps, ANY)] = any_certified
-        results.append(dict(evaluator=ANY, norm=norm.value, eps=eps, metric="certified_accuracy",
-                            value=float(any_certified.mean()), n=n, seconds=0.0))
+        results.append(records.row(ANY, "certified_accuracy", any_certified.mean(), n, norm=norm, eps=eps))
     return results, per_example
 
 
@@ -140,12 +138,11 @@ def evaluate_smoothing(logits_fn, params, x: np.ndarray, y: np.ndarray, certify:
     for r in radii:
         mask = correct & (radius >= float(r))
         per_example[(float(r), "smoothing")] = mask
-        results.append(dict(evaluator="smoothing", norm="l2", eps=float(r), metric="certified_accuracy",
-                            value=float(mask.mean()), n=n, seconds=seconds))
-    results.append(dict(evaluator="smoothing", norm="l2", eps=0.0, metric="abstain_rate",
-                        value=float(np.mean(predictions == ABSTAIN)), n=n, seconds=seconds))
-    results.append(dict(evaluator="smoothing", norm="l2", eps=0.0, metric="seconds_per_example",
-                        value=seconds / max(n, 1), n=n, seconds=seconds))
+        results.append(records.row("smoothing", "certified_accuracy", mask.mean(), n, norm="l2", eps=r, seconds=seconds))
+    results.append(records.row("smoothing", "abstain_rate", np.mean(predictions == ABSTAIN), n, norm="l2",
+                               seconds=seconds))
+    results.append(records.row("smoothing", "seconds_per_example", seconds / max(n, 1), n, norm="l2",
+                               seconds=seconds))
     return results, per_example
 
 
