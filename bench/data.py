@@ -71,8 +71,41 @@ def _subsample(x, y, n, seed):
     return x[idx], y[idx]
 
 
+def _labels(name: str, split: str, y, n_images: int, num_classes: int | None) -> np.ndarray:
+    """Integer class labels, one per image, in [0, num_classes); anything else is a BenchError naming the fix."""
+    y = np.asarray(y)
+    if y.dtype == object:
+        raise BenchError(f"{name}: {split} labels are Python objects (dtype object); store them as an integer array")
+    if y.ndim == 2 and y.shape[1] > 1:
+        raise BenchError(f"{name}: {split} labels have shape {y.shape}: one-hot or scores; store one integer class per "
+                         "image (e.g. y.argmax(axis=1))")
+    y = y.reshape(-1) if y.ndim == 2 else y
+    if y.ndim != 1:
+        raise BenchError(f"{name}: {split} labels must be one integer per image, got shape {y.shape}")
+    if len(y) != n_images:
+        raise BenchError(f"{name}: {split} has {n_images} images but {len(y)} labels; give exactly one label per image")
+    if not np.issubdtype(y.dtype, np.integer):
+        if not np.issubdtype(y.dtype, np.number) or not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
+            raise BenchError(f"{name}: {split} labels are not whole numbers (e.g. {y[np.flatnonzero(y != np.round(y))[:1]]}"
+                             f"); labels are integer class indices 0..num_classes-1")
+    if len(y) and y.min() < 0:
+        raise BenchError(f"{name}: {split} has label {int(y.min())}; labels are class indices 0..num_classes-1 "
+                         "(remap them, e.g. y - y.min())")
+    if num_classes is not None and len(y) and y.max() >= num_classes:
+        raise BenchError(f"{name}: {split} has label {int(y.max())} but the dataset has {num_classes} classes "
+                         f"(labels 0..{num_classes - 1}); fix the labels or the class count")
+    return y.astype(np.int32)
+
+
 def _finish(name, x_train, y_train, x_test, y_test, *, n_train=None, n_test=None, num_classes=None) -> Dataset:
     """Validate, optionally subsample (seeded), and fingerprint."""
+    for split, x in (("train", x_train), ("test", x_test)):
+        if np.asarray(x).dtype == object:
+            raise BenchError(f"{name}: {split} images are Python objects (dtype object); store a numeric array")
+        if len(x) == 0:
+            raise BenchError(f"{name}: the {split} split is empty; it needs at least one image")
+    y_train = _labels(name, "train", y_train, len(x_train), num_classes)
+    y_test = _labels(name, "test", y_test, len(x_test), num_classes)
     x_train, y_train = _subsample(x_train, y_train, n_train, seed=1)
     x_test, y_test = _subsample(x_test, y_test, n_test, seed=2)
     arrays = []
@@ -82,6 +115,9 @@ def _finish(name, x_train, y_train, x_test, y_test, *, n_train=None, n_test=None
             x = x[..., None]
         if x.ndim != 4:
             raise BenchError(f"{name}: {split} images must be NHWC (or NHW), got shape {x.shape}")
+        if x.shape[1] in (1, 3) and x.shape[3] > 4:
+            raise BenchError(f"{name}: {split} images have shape {x.shape}, which looks like NCHW (channels first); "
+                             "images are NHWC here: transpose with x.transpose(0, 2, 3, 1)")
         if not np.all(np.isfinite(x)):
             raise BenchError(f"{name}: {split} images contain NaN or inf; clean the data before loading it")
         if x.size and (x.min() < 0.0 or x.max() > 1.0):
@@ -91,10 +127,13 @@ def _finish(name, x_train, y_train, x_test, y_test, *, n_train=None, n_test=None
             )
         arrays.append(x)
     x_train, x_test = arrays
-    y_train = np.asarray(y_train, dtype=np.int32)
-    y_test = np.asarray(y_test, dtype=np.int32)
     if num_classes is None:
         num_classes = int(max(y_train.max(), y_test.max())) + 1
+        if num_classes > 1000:
+            raise BenchError(f"{name}: the largest label is {num_classes - 1}, which would build a {num_classes}-class "
+                             "model; labels are class indices 0..num_classes-1 (remap them)")
+    if num_classes < 2:
+        raise BenchError(f"{name}: all labels are {int(y_train.max())}; classification needs at least two classes")
     mean = tuple(float(v) for v in x_train.mean(axis=(0, 1, 2)))
     std = tuple(float(v) for v in x_train.std(axis=(0, 1, 2)) + 1e-6)
     return Dataset(
@@ -185,8 +224,11 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read one IDX file (MNIST format), optionally gzipped."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as err:  # gzip raises these for a truncated or damaged archive
+        raise BenchError(f"{path} is damaged or truncated ({type(err).__name__}: {err}); download or copy it again") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise BenchError(f"{path} is not an IDX file (bad magic number)")
     dtypes = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -217,11 +259,31 @@ def files(path: str, name: str | None = None, n_train: int | None = None, n_test
     p = Path(path).expanduser()
     name = name or p.stem
     if p.is_file() and p.suffix == ".npz":
-        with np.load(p, allow_pickle=False) as npz:
-            missing = [k for k in _IDX_NAMES if k not in npz.files]
-            if missing:
-                raise BenchError(f"{p} lacks arrays {missing}; an NPZ needs x_train, y_train, x_test, y_test")
-            arrays = {k: npz[k] for k in _IDX_NAMES}
+        import zipfile
+
+        with open(p, "rb") as f:
+            magic = f.read(6)
+        if not magic.startswith(b"PK"):  # every .npz is a zip archive
+            raise BenchError(f"{p} is not an .npz archive (it does not start like a zip file: {magic!r}); save "
+                             "x_train, y_train, x_test, y_test with np.savez")
+        try:
+            with np.load(p, allow_pickle=False) as npz:
+                if not hasattr(npz, "files"):
+                    raise BenchError(f"{p} holds one array, not an .npz archive; save x_train, y_train, x_test, "
+                                     "y_test with np.savez")
+                missing = [k for k in _IDX_NAMES if k not in npz.files]
+                if missing:
+                    raise BenchError(f"{p} lacks arrays {missing}; an NPZ needs x_train, y_train, x_test, y_test")
+                arrays = {k: npz[k] for k in _IDX_NAMES}
+        except BenchError:
+            raise
+        except ValueError as err:
+            if "allow_pickle" in str(err) or "pickled" in str(err):
+                raise BenchError(f"{p} is not a valid .npz of numeric arrays (it holds Python objects, or is not an "
+                                 "npz at all); save numeric arrays with np.savez (pickled data are never loaded)") from None
+            raise BenchError(f"{p} is not a valid .npz file ({err}); recreate it with np.savez") from None
+        except (OSError, EOFError, zipfile.BadZipFile) as err:
+            raise BenchError(f"{p} is damaged or not an .npz file ({type(err).__name__}); recreate it with np.savez") from None
     elif p.is_dir():
         arrays = {}
         for key, stem in _IDX_NAMES.items():

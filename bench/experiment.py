@@ -10,6 +10,7 @@ result rows into records with the stable config hash and the one labelling rule
 from __future__ import annotations
 
 import inspect
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -121,11 +122,13 @@ class Experiment:
     def rng(self, name: str) -> np.random.Generator:
         return self.streams.rng(name)
 
-    def build_model(self, key: jax.Array | None = None, factory: Callable[..., Any] | None = None) -> Model:
+    def build_model(self, key: jax.Array | None = None, factory: Callable[..., Any] | None = None,
+                    normalization: tuple[Sequence[float], Sequence[float]] | None = None) -> Model:
         """A model for this data (the configured one, or `factory(num_classes, mean, std)`): one call per model,
-        for the target and every substitute, shadow, ensemble member or stolen copy. Default key: stream "init"."""
-        module = (factory or self.model_factory)(num_classes=self.data.num_classes, mean=self.data.mean,
-                                                  std=self.data.std)
+        for the target and every substitute, shadow, ensemble member or stolen copy. Default key: stream "init";
+        default normalization: the training split's per-channel mean and std (a loaded model brings its own)."""
+        mean, std = normalization or (self.data.mean, self.data.std)
+        module = (factory or self.model_factory)(num_classes=self.data.num_classes, mean=mean, std=std)
         key = self.key("init") if key is None else key
         return Model(module, models.make_logits_fn(module), models.init_params(module, key, self.data.image_shape))
 
@@ -141,9 +144,12 @@ class Experiment:
         return checkpoint.Checkpointer(self.work_dir / name if name else self.work_dir, self.checkpoint_every,
                                        self.resume)
 
-    def save_params(self, params) -> Path:
+    def save_params(self, params, model: Model | None = None) -> Path:
+        """params.msgpack in the run folder, with the model's normalization constants when it has them."""
         path = self.run_dir / "params.msgpack"
-        models.save_params(path, params)
+        module = model.module if model is not None else None
+        normalization = (module.mean, module.std) if hasattr(module, "mean") and hasattr(module, "std") else None
+        models.save_params(path, params, normalization)
         return path
 
     def seconds(self) -> float:
@@ -170,10 +176,24 @@ def _instantiate_all(blocks) -> dict:
     return {name: instantiate(block) for name, block in (blocks or {}).items()}
 
 
+def writable_folder(path: Path, what: str) -> None:
+    """Create `path` if needed; a BenchError unless it is a folder this process can write to."""
+    if path.exists() and not path.is_dir():
+        raise BenchError(f"{what} {path} is a file, not a folder; choose another path")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BenchError(f"cannot create {what} {path} ({err.strerror}); choose another path") from None
+    if not os.access(path, os.W_OK):
+        raise BenchError(f"{what} {path} is read-only; choose another path")
+
+
 def suite_settings(suite) -> SuiteSettings:
     """The suite block (typed by bench/schema.py) as numbers and factories."""
     if int(suite.batch_size) < 1:
         raise BenchError(f"suite.batch_size must be >= 1, got {suite.batch_size}")
+    if suite.n_examples is not None and int(suite.n_examples) < 1:
+        raise BenchError(f"suite.n_examples must be >= 1 (or null: every test example), got {suite.n_examples}")
     return SuiteSettings(
         attacks=_instantiate_all(suite.attacks), norm=str(suite.norm), eps=tuple(float(e) for e in suite.eps),
         n_examples=None if suite.n_examples is None else int(suite.n_examples), batch_size=int(suite.batch_size),
@@ -189,6 +209,10 @@ def prepare(cfg, run_dir: Path, choices: Mapping[str, str], streams: Sequence[st
     config = OmegaConf.to_container(cfg, resolve=True)
     if cfg.checkpoint.every_steps < 0:
         raise BenchError(f"checkpoint.every_steps must be >= 0, got {cfg.checkpoint.every_steps}")
+    # Everything that can fail after training is checked before it: the folders written to at the end.
+    writable_folder(Path(run_dir), "the run folder (hydra.run.dir)")
+    if cfg.checkpoint.dir:
+        writable_folder(Path(cfg.checkpoint.dir), "checkpoint.dir")
     suite = suite_settings(cfg.suite)
     data = instantiate(cfg.dataset)
     t = cfg.train

@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 LogitsFn = Callable[[dict, jax.Array], jax.Array]
 
@@ -159,17 +160,25 @@ def make_logits_fn(model: nn.Module) -> LogitsFn:
     return logits_fn
 
 
-def save_params(path, params) -> None:
-    """Save parameters as Flax msgpack (a safe format: no pickle), atomically."""
+def save_params(path, params, normalization: tuple[Sequence[float], Sequence[float]] | None = None) -> None:
+    """Save parameters as Flax msgpack (a safe format: no pickle), atomically.
+
+    With `normalization` (the model's per-channel mean and std), they are saved with the parameters, so that
+    `load_params` rebuilds exactly the trained model whatever data it is evaluated on.
+    """
     from flax import serialization
 
     from bench.records import atomic_write_bytes
 
-    atomic_write_bytes(path, serialization.to_bytes(jax.device_get(params)))
+    state = jax.device_get(params)
+    if normalization is not None:
+        mean, std = normalization
+        state = {"params": state, "normalization": {"mean": np.asarray(mean, np.float64),
+                                                    "std": np.asarray(std, np.float64)}}
+    atomic_write_bytes(path, serialization.to_bytes(state))
 
 
-def load_params(path, like: dict) -> dict:
-    """Load msgpack parameters saved by `save_params` into the structure of `like`."""
+def _read(path):
     from pathlib import Path
 
     from flax import serialization
@@ -180,7 +189,38 @@ def load_params(path, like: dict) -> dict:
     if not path.is_file():
         raise BenchError(f"no parameters file at {path}; pass load_params=PATH/params.msgpack from a finished run")
     try:
-        return serialization.from_bytes(like, path.read_bytes())
-    except Exception as err:  # msgpack raises several types for truncated or mismatched files
-        raise BenchError(f"{path} is corrupted or does not match this model ({type(err).__name__}); "
-                         "retrain, or pick the model it was trained with") from None
+        return serialization.msgpack_restore(path.read_bytes())
+    except Exception as err:  # msgpack raises several types for truncated files
+        raise BenchError(f"{path} is corrupted or truncated ({type(err).__name__}); retrain, or pick another "
+                         "params.msgpack") from None
+
+
+def saved_normalization(path) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The (mean, std) saved with the parameters at `path`, or None for a file saved without them."""
+    state = _read(path)
+    if isinstance(state, dict) and set(state) == {"params", "normalization"}:
+        norm = state["normalization"]
+        return tuple(float(v) for v in norm["mean"]), tuple(float(v) for v in norm["std"])
+    return None
+
+
+def load_params(path, like: dict) -> dict:
+    """Load parameters saved by `save_params` into the structure of `like` (with or without normalization)."""
+    from flax import serialization
+
+    from bench.errors import BenchError
+
+    state = _read(path)
+    if isinstance(state, dict) and set(state) == {"params", "normalization"}:
+        state = state["params"]
+    try:
+        loaded = serialization.from_state_dict(like, state)
+    except Exception as err:  # a state of another structure
+        raise BenchError(f"{path} does not match this model ({type(err).__name__}: {str(err)[:200]}); pick the "
+                         "model it was trained with") from None
+    for (where, want), got in zip(jax.tree_util.tree_leaves_with_path(like), jax.tree.leaves(loaded)):
+        if np.shape(want) != np.shape(got):
+            raise BenchError(f"{path} does not match this model: {jax.tree_util.keystr(where)} has shape "
+                             f"{np.shape(got)} there and {np.shape(want)} here; pick the model and the input shape "
+                             "(dataset) it was trained with")
+    return loaded

@@ -1,8 +1,9 @@
 """Sanity checks for gradient masking, run by the evasion scenario on what `bench.evaluate.run_suite` found.
 
 Sanity checks (Carlini et al. 2019, "On Evaluating Adversarial Robustness";
-AutoAttack's own checks) run on the first `sanity_examples` examples and each
-adds a row evaluator="sanity", metric=<check>, value 1.0 when tripped (else 0.0),
+AutoAttack's own checks) judge every evaluated example where they read the
+suite's results, and the first `sanity_examples` where they attack again (see
+`sanity_checks`); each adds a row evaluator="sanity", metric=<check>, value 1.0 when tripped (else 0.0),
 with a human-readable `reason` (the measurement and its tolerance, see TOLERANCE):
 - zero_gradients: the input gradient of the loss is zero or non-finite for many examples;
 - nondeterministic: the same input gives different logits (and no attack averages over draws, EOT);
@@ -21,6 +22,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from bench.attacks.pgd import pgd
 from bench import records
@@ -148,35 +150,46 @@ def check_convergence(logits_fn, params, x, y, suite, eps, norm: Norm, robust, k
 
 
 def sanity_checks(logits_fn, params, x, y, suite, norm, key, outcome: SuiteOutcome, *,
-                  batch_size: int = 1000, n_examples: int = 200) -> list[dict]:
+                  batch_size: int = 1000, n_examples: int = 200, progress: bool = False) -> list[dict]:
     """The sanity checks of the module docstring, as sanity records (value 1.0 = tripped, with a reason).
 
     `outcome` is what `bench.evaluate.run_suite` returned for the same (x, y, suite); no examples: no rows.
+    What they judge: black_box_beats_white_box and eps_not_monotone read the suite's own per-example results,
+    so they cover every evaluated example; the gradient, determinism and probability checks run on up to
+    max(n_examples, 1000) examples; the two that attack again (unbounded_attack_fails, not_converged) on the
+    first `n_examples`. Each row's n and reason say how many examples it judged.
     """
     norm = parse_norm(norm)
     if len(y) == 0:
         return []
     per_example, broken_by, ran_on = outcome.per_example, outcome.broken_by, outcome.ran_on
-    m = min(len(y), int(n_examples))
-    xs, ys = x[:m], y[:m]
+    n = len(y)
+    m = min(n, int(n_examples))
+    cheap = min(n, max(m, 1000))
+    xs, ys, xc, yc = x[:m], y[:m], x[:cheap], y[:cheap]
+    sample = f" (on the first {m} of {n} evaluated examples)" if m < n else ""
     keys = jax.random.split(key, 8)
+    eps_values = sorted({eps for eps, _ in suite})
     rows = []
+    bar = tqdm(total=4 + 2 * len(eps_values), desc="sanity checks", disable=None if progress else True, leave=False)
 
-    def timed(name, fn, *args, norm_label="none", eps=0.0):
+    def timed(name, fn, *args, norm_label="none", eps=0.0, judged=m, note=""):
+        bar.set_postfix_str(name)
         t0 = time.perf_counter()
         tripped, reason = fn(*args)
         if tripped is not None:
-            rows.append(_flag(name, tripped, reason, m, time.perf_counter() - t0, norm_label, eps))
+            rows.append(_flag(name, tripped, reason + note, judged, time.perf_counter() - t0, norm_label, eps))
+        bar.update(1)
 
     uses_eot = any(capabilities(a).eot_samples > 1 for a in suite.values())
-    timed("zero_gradients", check_gradients, logits_fn, params, xs, ys, keys[0])
-    timed("nondeterministic", check_determinism, logits_fn, params, xs, keys[1], uses_eot)
-    timed("probability_outputs", check_probabilities, logits_fn, params, xs, keys[2])
+    timed("zero_gradients", check_gradients, logits_fn, params, xc, yc, keys[0], judged=cheap)
+    timed("nondeterministic", check_determinism, logits_fn, params, xc, keys[1], uses_eot, judged=cheap)
+    timed("probability_outputs", check_probabilities, logits_fn, params, xc, keys[2], judged=cheap)
     clean = per_example[(0.0, "clean")][:m]
     timed("unbounded_attack_fails", check_unbounded, logits_fn, params, xs[clean], ys[clean], norm, keys[3],
-          batch_size, norm_label=norm.value, eps=1.0 if norm == Norm.LINF else math.sqrt(float(np.prod(x.shape[1:]))))
+          batch_size, norm_label=norm.value, eps=1.0 if norm == Norm.LINF else math.sqrt(float(np.prod(x.shape[1:]))),
+          note=sample)
 
-    eps_values = sorted({eps for eps, _ in suite})
     worst = [float(per_example[(eps, "worst_case")].mean()) for eps in eps_values]
     rises = [(a, b, wa, wb) for a, b, wa, wb in zip(eps_values, eps_values[1:], worst, worst[1:])
              if wb > wa + TOLERANCE["eps_not_monotone"]]
@@ -185,12 +198,12 @@ def sanity_checks(logits_fn, params, x, y, suite, norm, key, outcome: SuiteOutco
               "robust accuracy does not rise with epsilon")
     rows.append(_flag("eps_not_monotone", bool(rises), reason, len(y), 0.0, norm.value, max(eps_values)))
 
-    sub_broken = {k: v[:m] for k, v in broken_by.items()}
-    sub_ran = {k: v[:m] for k, v in ran_on.items()}
+    bar.update(1)
     for i, eps in enumerate(eps_values):
-        timed("black_box_beats_white_box", check_black_box, sub_broken, sub_ran, suite, eps, m,
-              norm_label=norm.value, eps=eps)
+        timed("black_box_beats_white_box", check_black_box, broken_by, ran_on, suite, eps, n,
+              norm_label=norm.value, eps=eps, judged=n)
         timed("not_converged", check_convergence, logits_fn, params, xs, ys, suite, eps, norm,
               per_example[(eps, "worst_case")][:m], jax.random.fold_in(keys[4], i), batch_size,
-              norm_label=norm.value, eps=eps)
+              norm_label=norm.value, eps=eps, note=sample)
+    bar.close()
     return rows

@@ -117,6 +117,8 @@ def train(objective: Callable, params, optimizer: optax.GradientTransformation, 
     """
     if int(epochs) < 0:
         raise BenchError(f"epochs must be >= 0, got {epochs}")
+    if int(epochs) == 0:
+        print("warning: epochs=0: nothing is trained; the model keeps its initial parameters", file=sys.stderr)
     n = len(y_train)
     per_epoch = steps_per_epoch(n, batch_size)
 
@@ -145,8 +147,12 @@ def train(objective: Callable, params, optimizer: optax.GradientTransformation, 
     saved = checkpointer.load(state) if checkpointer is not None else None
     if saved is not None:
         state = saved
-        print(f"resuming from {checkpointer.path} at step {state['step']} (epoch {state['epoch'] + 1}, "
-              f"batch {state['batch']})", file=sys.stderr)
+        if state["epoch"] >= epochs or (state["history"] and state["history"][-1].get("stop")):
+            print(f"resuming from {checkpointer.path} at step {state['step']} (training had finished: "
+                  f"{state['epoch']} of {epochs} epochs; nothing left to train)", file=sys.stderr)
+        else:
+            print(f"resuming from {checkpointer.path} at step {state['step']} (epoch {state['epoch'] + 1} of {epochs}, "
+                  f"batch {state['batch']})", file=sys.stderr)
     params, opt_state = sharding.replicate(state["params"]), sharding.replicate(state["opt_state"])
     step, history = state["step"], list(state["history"])
     sums = json.loads(state["sums"])  # running sums of the current epoch: {"count", "loss", aux names...}

@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         scenario = instantiate(cfg.scenario, _convert_="object")
         experiment = prepare(cfg, run_dir, choices, streams=("init",))
         data = experiment.data
-        built = experiment.build_model()
+        built = experiment.build_model(normalization=models.saved_normalization(params_path)
+                                       if params_path.is_file() else None)
         model, logits_fn = built.module, built.logits_fn
         params = models.load_params(params_path, built.params)
         n = args.n_examples or experiment.suite.n_examples or len(data.y_test)

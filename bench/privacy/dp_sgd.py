@@ -87,6 +87,8 @@ def plan(n: int, *, clip_norm: float, batch_size: int | None = None, sampling_ra
     if steps < 1:
         raise BenchError(f"DP-SGD needs at least one step, got {steps}")
     delta = accounting.default_delta(n) if delta is None else float(delta)
+    if not 0 < delta < 1:
+        raise BenchError(f"delta must be in (0, 1), got {delta}; e.g. scenario.dp.delta=1e-5 (or null: 1/n)")
     if (noise_multiplier is None) == (target_epsilon is None):
         raise BenchError("give exactly one of noise_multiplier and target_epsilon")
     if target_epsilon is not None:

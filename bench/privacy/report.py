@@ -2,7 +2,9 @@
 
     python -m bench.privacy.report RUN_DIR [RUN_DIR ...] [--out DIR] [--note TEXT]
 
-One row per (dataset, model, training method, epsilon), averaged over seeds;
+One row per experiment (the config without its seed: dataset, model, training
+method, epsilon, and a `variant` column naming what differs where several share
+those), averaged over seeds, accuracy with its 95% Wilson interval;
 non-private training has epsilon = inf. Columns: test accuracy (%), epsilon
 under the RDP and PLD accountants, the canary audit's empirical epsilon lower
 bound, loss-threshold AUC, LiRA (online) AUC and TPR at 0.1% and 1% FPR.
@@ -20,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.records import atomic_write_bytes, read_records
+from bench.records import atomic_write_bytes, read_records, wilson_interval
+from bench.report import latest_runs, with_experiment
 
 ROW_KEYS = ["dataset", "model", "defense", "epsilon"]
 COLUMNS = {  # column -> (evaluator, metric, scale)
@@ -40,18 +43,26 @@ def privacy_table(records: pd.DataFrame) -> pd.DataFrame:
     records = records[records.scenario == "privacy"]
     if records.empty:
         raise BenchError("no privacy records found; run `python -m bench scenario=privacy` first")
-    newest = records.groupby(["config_hash", "seed"])["created"].transform("max")
-    records = records[records["created"] == newest]
+    records = with_experiment(latest_runs(records))
     pld = records[(records.evaluator == "accountant_pld") & (records.metric == "epsilon")]
     run_eps = pld.groupby("run_id")["value"].first()
     records = records.assign(epsilon=records.run_id.map(run_eps).fillna(np.inf).round(2))
-    rows = records.groupby(ROW_KEYS)["seed"].nunique().rename("seeds").to_frame()
+    # one row per experiment (the config without its seed), labelled by what differs; seeds averaged
+    rows = records.groupby("experiment").agg(**{k: (k, "first") for k in ROW_KEYS + ["variant"]},
+                                             seeds=("seed", "nunique"))
     for column, (evaluator, metric, scale) in COLUMNS.items():
         picked = records[(records.evaluator == evaluator) & (records.metric == metric)]
         if not picked.empty:
-            rows[column] = picked.groupby(ROW_KEYS)["value"].mean().mul(scale)
-    table = rows.reset_index().sort_values(["dataset", "model", "defense", "epsilon"])
-    return table[[c for c in ["dataset", "model", "defense", "epsilon", *COLUMNS, "seeds"] if c in table.columns]]
+            rows[column] = picked.groupby("experiment")["value"].mean().mul(scale)
+            if column == "accuracy":  # its 95% Wilson interval on the test examples (bench/records.py)
+                n = picked.groupby("experiment")["n"].max().reindex(rows.index)
+                low, high = wilson_interval(rows[column] / scale, n)
+                rows["accuracy_ci"] = [f"[{100 * a:.1f}, {100 * b:.1f}]" for a, b in zip(low, high)]
+    table = rows.reset_index(drop=True).sort_values(["dataset", "model", "defense", "epsilon", "variant"])
+    if not table["variant"].astype(bool).any():
+        table = table.drop(columns="variant")
+    order = ["dataset", "model", "defense", "variant", "epsilon", "accuracy", "accuracy_ci", *COLUMNS, "seeds"]
+    return table[[c for c in dict.fromkeys(order) if c in table.columns]]
 
 
 def write_privacy_tables(records: pd.DataFrame, out: str | Path, note: str | None = None) -> dict[str, Path]:

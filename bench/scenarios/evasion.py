@@ -40,7 +40,7 @@ class Evasion:
     def table(frame: pd.DataFrame) -> pd.DataFrame:
         from bench.report import evasion_table
 
-        return evasion_table(frame)
+        return evasion_table(frame, with_ci=True)
 
     @staticmethod
     def write_tables(frame: pd.DataFrame, out) -> list:
@@ -51,8 +51,8 @@ class Evasion:
     def run(self, exp: Experiment) -> Result:
         suite_cfg, data = exp.suite, exp.data
         suite = evaluate.build_suite(suite_cfg.attacks, suite_cfg.norm, list(suite_cfg.eps))
-        model = exp.build_model()
-        objective = exp.objective(model)
+        # a loaded model is rebuilt with the normalization it was trained with, whatever data it meets here
+        model = exp.build_model(normalization=models.saved_normalization(exp.load_params) if exp.load_params else None)
         logits_fn, params = model.logits_fn, model.params
         t = exp.train
         x_train, y_train = data.x_train, data.y_train
@@ -66,7 +66,6 @@ class Evasion:
                 steps=oc["steps"], step_size=oc["step_size"], max_drop=oc["max_drop"], floor=oc["floor"],
                 max_gap=oc["max_gap"])
             eval_fns.append(monitor.eval_fn)
-        optimizer = t.optimizer(t.epochs * train.steps_per_epoch(len(y_train), t.batch_size))
         x_eval, y_eval = data.x_test, data.y_test
         if suite_cfg.n_examples is not None:
             x_eval, y_eval = x_eval[: suite_cfg.n_examples], y_eval[: suite_cfg.n_examples]
@@ -76,11 +75,12 @@ class Evasion:
             params = models.load_params(exp.load_params, params)
         else:
             checkpointer = exp.checkpointer()
+            optimizer = t.optimizer(t.epochs * train.steps_per_epoch(len(y_train), t.batch_size))
             params, history = train.train(
-                objective, params, optimizer, x_train, y_train, epochs=t.epochs, batch_size=t.batch_size,
+                exp.objective(model), params, optimizer, x_train, y_train, epochs=t.epochs, batch_size=t.batch_size,
                 key=exp.key("train"), progress=exp.progress, checkpointer=checkpointer,
                 eval_fn=lambda p: {k: v for f in eval_fns for k, v in f(p).items()})
-            exp.save_params(params)
+            exp.save_params(params, model)
         train_seconds = exp.seconds()
         train_rows = []
         if checkpointer is not None and checkpointer.resumed_from is not None:
@@ -90,7 +90,7 @@ class Evasion:
             print(f"stopped after epoch {history[-1]['epoch']}: {history[-1]['stop']}", file=sys.stderr)
             if oc["restore"] and monitor.healthy_params() is not None:  # the model before the collapse, as Wong et al.
                 params = monitor.healthy_params()
-                exp.save_params(params)
+                exp.save_params(params, model)
             train_rows.append(records.row("train", "stopped_epoch", history[-1]["epoch"], len(y_train),
                                           seconds=train_seconds))
 
@@ -103,7 +103,8 @@ class Evasion:
         if suite_cfg.sanity:
             rows += sanity.sanity_checks(logits_fn, params, x_eval, y_eval, suite, suite_cfg.norm,
                                          jax.random.fold_in(attack_key, 0x5A17), outcome,
-                                         batch_size=suite_cfg.batch_size, n_examples=suite_cfg.sanity_examples)
+                                         batch_size=suite_cfg.batch_size, n_examples=suite_cfg.sanity_examples,
+                                         progress=exp.progress)
         rows.append(records.row("train", "seconds", train_seconds, len(data.y_train), seconds=train_seconds))
         rows += train_rows
         failure = None

@@ -110,6 +110,10 @@ class Privacy:
         method = self.method
         if method not in METHODS:
             raise BenchError(f"unknown scenario.method '{method}'; use one of {list(METHODS)}")
+        if method == "pate" and self.pate.delta is not None and not 0 < float(self.pate.delta) < 1:
+            raise BenchError(f"scenario.pate.delta must be in (0, 1), got {self.pate.delta}")
+        if int(self.membership.n_members) < 1:
+            raise BenchError(f"scenario.membership.n_members must be >= 1, got {self.membership.n_members}")
         data, t = exp.data, exp.train
         model = exp.build_model()
         logits_fn = model.logits_fn
@@ -181,7 +185,7 @@ class Privacy:
                                       epochs=epochs, batch_size=batch_size, key=exp.key("train"),
                                       progress=exp.progress, grad_fn=grad_fn, sampler=sampler,
                                       checkpointer=checkpointer)
-        exp.save_params(params)
+        exp.save_params(params, model)
         train_seconds = exp.seconds()
         results.append(records.row("train", "seconds", train_seconds, len(y_fit), seconds=train_seconds))
         if checkpointer is not None and checkpointer.resumed_from is not None:
