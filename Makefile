@@ -40,6 +40,11 @@ PEERS_PYTHON ?=
 peers-pgd: $(if $(PEERS_PYTHON),,peers)
 	$(or $(PEERS_PYTHON),$(BIN)/python) scripts/peer_pgd.py
 
+# Every known bad input and fault case, run for real; writes results/bad_inputs.md (about 5 minutes).
+.PHONY: bad-inputs
+bad-inputs: $(STAMP)
+	$(BIN)/python scripts/bad_inputs.py
+
 # Every reduced paper preset (conf/experiment/*_reduced.yaml), then results/presets.md from their records.
 .PHONY: presets
 presets: $(STAMP)

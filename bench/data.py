@@ -39,10 +39,40 @@ class Dataset(NamedTuple):
     mean: tuple[float, ...]  # per channel, of the training images
     std: tuple[float, ...]
     fingerprint: str  # sha256 of the arrays, first 16 hex digits
+    x_val: np.ndarray | None = None  # the validation split (`with_validation`): carved from the training data
+    y_val: np.ndarray | None = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.x_train.shape[1:])
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(x, y) of the "test" or "validation" split."""
+        if name == "test":
+            return self.x_test, self.y_test
+        if name == "validation":
+            if self.y_val is None:
+                raise BenchError("there is no validation split; carve one from the training data with "
+                                 "validation=N (e.g. validation=500)")
+            return self.x_val, self.y_val
+        raise BenchError(f"unknown split '{name}'; use test or validation")
+
+
+def with_validation(data: Dataset, n: int, seed: int = SPLIT_SEED) -> Dataset:
+    """`data` with a stratified validation split of n images carved from its training split (seed fixed, so the
+    same n always carves the same images); the rest stays the training split. Tuning decisions (early stopping,
+    the overfitting monitor, sweeps over recipes) read this split; the test split is for the reported number.
+    The normalization constants are recomputed on what remains for training."""
+    n = int(n)
+    if n == 0:
+        return data
+    if not 0 < n < len(data.y_train) // 2:
+        raise BenchError(f"validation={n} must be between 1 and half of the {len(data.y_train)} training examples")
+    x_tr, x_val, y_tr, y_val = _stratified_split(data.x_train, data.y_train, test_size=n, seed=seed)
+    mean = tuple(float(v) for v in x_tr.mean(axis=(0, 1, 2)))
+    std = tuple(float(v) for v in x_tr.std(axis=(0, 1, 2)) + 1e-6)
+    return data._replace(x_train=x_tr, y_train=y_tr, x_val=x_val, y_val=y_val, mean=mean, std=std,
+                         fingerprint=fingerprint(x_tr, y_tr, data.x_test, data.y_test, x_val, y_val))
 
 
 def fingerprint(*arrays: np.ndarray) -> str:

@@ -23,7 +23,7 @@ import optax
 import pandas as pd
 
 from bench import checkpoint, models, records, train
-from bench.data import Dataset
+from bench.data import Dataset, with_validation
 from bench.errors import BenchError
 
 
@@ -87,6 +87,7 @@ class SuiteSettings:
     norm: str
     eps: tuple[float, ...]
     n_examples: int | None
+    split: str
     batch_size: int
     cumulative: bool
     sanity: bool
@@ -192,11 +193,14 @@ def suite_settings(suite) -> SuiteSettings:
     """The suite block (typed by bench/schema.py) as numbers and factories."""
     if int(suite.batch_size) < 1:
         raise BenchError(f"suite.batch_size must be >= 1, got {suite.batch_size}")
+    if str(suite.split) not in ("test", "validation"):
+        raise BenchError(f"suite.split must be test or validation, got '{suite.split}'")
     if suite.n_examples is not None and int(suite.n_examples) < 1:
         raise BenchError(f"suite.n_examples must be >= 1 (or null: every test example), got {suite.n_examples}")
     return SuiteSettings(
         attacks=_instantiate_all(suite.attacks), norm=str(suite.norm), eps=tuple(float(e) for e in suite.eps),
-        n_examples=None if suite.n_examples is None else int(suite.n_examples), batch_size=int(suite.batch_size),
+        n_examples=None if suite.n_examples is None else int(suite.n_examples), split=str(suite.split),
+        batch_size=int(suite.batch_size),
         cumulative=bool(suite.cumulative), sanity=bool(suite.sanity), sanity_examples=int(suite.sanity_examples),
         certifiers=_instantiate_all(suite.certifiers), certify_batch_size=int(suite.certify_batch_size))
 
@@ -214,7 +218,9 @@ def prepare(cfg, run_dir: Path, choices: Mapping[str, str], streams: Sequence[st
     if cfg.checkpoint.dir:
         writable_folder(Path(cfg.checkpoint.dir), "checkpoint.dir")
     suite = suite_settings(cfg.suite)
-    data = instantiate(cfg.dataset)
+    data = with_validation(instantiate(cfg.dataset), cfg.validation)
+    if suite.split == "validation" and data.y_val is None:
+        raise BenchError("suite.split=validation needs a validation split: set validation=N (e.g. validation=500)")
     t = cfg.train
     settings = TrainSettings(int(t.epochs), int(t.batch_size), str(t.optimizer), float(t.learning_rate),
                              str(t.schedule), float(t.momentum), float(t.weight_decay),

@@ -29,6 +29,7 @@ ROW_KEYS = ["dataset", "model", "defense"]
 CERTIFIED = "certified_any"  # bench.certify.evaluate: certified by at least one certifier
 # Config keys that name a run, not an experiment: never shown as what differs.
 _NOT_A_DIFFERENCE = ("paper", "reduced_of")
+_MAX_SHOWN = 4  # differing keys named in a row's variant label
 
 
 def latest_runs(records: pd.DataFrame) -> pd.DataFrame:
@@ -51,14 +52,20 @@ def with_experiment(records: pd.DataFrame) -> pd.DataFrame:
         if len(group) == 1:
             variant[group.experiment.iloc[0]] = ""
             continue
-        texts = group["config"] if "config" in group.columns else [None] * len(group)
-        flats = {e: flatten(json.loads(c)) if isinstance(c, str) else {} for e, c in zip(group.experiment, texts)}
+        texts = list(group["config"]) if "config" in group.columns else [None] * len(group)
+        if not all(isinstance(c, str) for c in texts):  # records from before configs were kept: the hash says it
+            variant.update({e: f"experiment {e}" for e in group.experiment})
+            continue
+        flats = {e: flatten(json.loads(c)) for e, c in zip(group.experiment, texts)}
         keys = sorted(set().union(*flats.values()))
         shown = lambda v: json.dumps(v, sort_keys=True, default=str)
-        differ = [k for k in keys if not k.startswith(_NOT_A_DIFFERENCE)
+        differ = [k for k in keys if k != "seed" and not k.startswith(_NOT_A_DIFFERENCE)
                   and len({shown(f.get(k)) for f in flats.values()}) > 1]
         for e, flat in flats.items():
-            variant[e] = ", ".join(f"{k}={shown(flat.get(k))}" for k in differ) or f"experiment {e}"
+            parts = [f"{k}={shown(flat.get(k))}" for k in differ[:_MAX_SHOWN]]
+            if len(differ) > _MAX_SHOWN:
+                parts.append(f"+{len(differ) - _MAX_SHOWN} more keys (experiment {e})")
+            variant[e] = ", ".join(parts) or f"experiment {e}"
     return records.assign(variant=records.experiment.map(variant))
 
 
@@ -110,6 +117,9 @@ def evasion_table(records: pd.DataFrame, evaluator: str = "worst_case", *, with_
     columns = ["clean"] + sorted((c for c in columns if c != "clean"),
                                  key=lambda c: min(o for o, k in zip(rows.order, rows.column) if k == c))
     table = clean.drop_duplicates("experiment").set_index("experiment")[ROW_KEYS + ["variant"]]
+    if "split" in clean.columns and (clean["split"].fillna("test") != "test").any():  # tuning runs say so
+        table.insert(len(ROW_KEYS), "split", clean.drop_duplicates("experiment").set_index("experiment")["split"]
+                     .fillna("test"))
     for label in columns:
         c = cells.xs(label, level="column").reindex(table.index)
         table[label] = ([_format(*v) for v in zip(c["mean"], c["sd"], c["seeds"], c["low"], c["high"])]

@@ -60,6 +60,7 @@ class Suite:
     norm: str = MISSING
     eps: List[float] = MISSING
     n_examples: Optional[int] = None     # first N test examples (None: all)
+    split: str = "test"                  # test | validation: the split the attacks run on (tuning: validation)
     batch_size: int = 1000
     cumulative: bool = False             # attacks in order, each on the examples still robust (AutoAttack)
     sanity: bool = True                  # gradient-masking checks (bench/sanity.py)
@@ -80,6 +81,7 @@ class Config:
     certify: Any = None
     seed: int = MISSING
     progress: bool = MISSING
+    validation: int = MISSING
     load_params: Optional[str] = MISSING
     distributed: bool = MISSING
     train: Train = field(default_factory=Train)

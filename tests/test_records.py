@@ -240,3 +240,30 @@ def test_loaded_params_reproduce_the_trained_model_on_other_data(tmp_path):
     loaded = pd.read_parquet(tmp_path / "loaded" / records.RECORDS_FILE)
     pick = lambda f: f[f.metric.isin(["accuracy", "robust_accuracy"])].set_index(["evaluator", "eps"]).value
     pd.testing.assert_series_equal(pick(trained), pick(loaded))
+
+
+# ---- a validation split for tuning; the test split for the reported number ---------------------------------------
+
+def test_validation_split_is_carved_from_training_and_never_trained_on(digits_data):
+    d = data.with_validation(digits_data, 200)
+    assert len(d.y_val) == 200 and len(d.y_train) == len(digits_data.y_train) - 200
+    np.testing.assert_array_equal(d.x_test, digits_data.x_test)  # the test split is untouched
+    train_rows = {row.tobytes() for row in d.x_train.reshape(len(d.x_train), -1)}
+    assert not any(row.tobytes() in train_rows for row in d.x_val.reshape(len(d.x_val), -1))
+    assert set(np.bincount(d.y_val)) <= {19, 20, 21}  # stratified
+    again = data.with_validation(digits_data, 200)
+    np.testing.assert_array_equal(again.x_val, d.x_val)  # the same images every time
+    assert d.fingerprint != digits_data.fingerprint and d.mean != digits_data.mean
+    with pytest.raises(BenchError, match="validation=N"):
+        digits_data.split("validation")
+
+
+def test_attacking_the_validation_split_needs_one(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from bench.experiment import prepare
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        cfg = compose(config_name="config", overrides=["debug=tiny", "suite.split=validation"])
+    with pytest.raises(BenchError, match="validation=N"):
+        prepare(cfg, tmp_path, {}, ("init",))

@@ -1,9 +1,11 @@
 """The `evasion` scenario: train a (defended) model, attack it at test time, certify it where the suite asks.
 
 1. train the configured model with the configured defense (or load `load_params`), with the
-   catastrophic-overfitting monitor when `train.overfit_check.enabled` (bench/overfitting.py);
-2. the attack suite at every epsilon, per-example worst case (bench/evaluate.py), then the
-   gradient-masking sanity checks (bench/sanity.py);
+   catastrophic-overfitting monitor when `train.overfit_check.enabled` (bench/overfitting.py), which
+   reads the validation split when there is one (`validation=N`);
+2. the attack suite at every epsilon on `suite.split` (test, or validation for tuning), per-example
+   worst case (bench/evaluate.py), then the gradient-masking sanity checks (bench/sanity.py); every
+   row says which split it was measured on (`split`);
 3. with `suite.certifiers`: certified accuracy next to robust accuracy, and the soundness check
    (an example certified and broken fails the run, after its records are written).
 Table: robustness vs accuracy (bench/report.py, `evasion_table`).
@@ -57,16 +59,21 @@ class Evasion:
         t = exp.train
         x_train, y_train = data.x_train, data.y_train
         eval_fns = [lambda p: {"test_accuracy": evaluate.accuracy(logits_fn, p, data.x_test, data.y_test)}]
+        if data.y_val is not None:
+            eval_fns.append(lambda p: {"validation_accuracy": evaluate.accuracy(logits_fn, p, data.x_val, data.y_val)})
         oc = t.overfit_check
         monitor = None
-        if oc and oc["enabled"]:  # held out from the end of the training split; never trained on
-            x_train, y_train, x_hold, y_hold = overfitting.split_holdout(x_train, y_train, oc["n_examples"])
+        if oc and oc["enabled"]:  # the validation split, else held out from the end of the training split
+            if data.y_val is not None:
+                x_hold, y_hold = data.x_val[: oc["n_examples"]], data.y_val[: oc["n_examples"]]
+            else:
+                x_train, y_train, x_hold, y_hold = overfitting.split_holdout(x_train, y_train, oc["n_examples"])
             monitor = overfitting.overfit_monitor(
                 logits_fn, x_hold, y_hold, jax.random.fold_in(exp.key("train"), 1), norm=oc["norm"], eps=oc["eps"],
                 steps=oc["steps"], step_size=oc["step_size"], max_drop=oc["max_drop"], floor=oc["floor"],
                 max_gap=oc["max_gap"])
             eval_fns.append(monitor.eval_fn)
-        x_eval, y_eval = data.x_test, data.y_test
+        x_eval, y_eval = data.split(suite_cfg.split)
         if suite_cfg.n_examples is not None:
             x_eval, y_eval = x_eval[: suite_cfg.n_examples], y_eval[: suite_cfg.n_examples]
 
@@ -100,6 +107,10 @@ class Evasion:
                                      batch_size=suite_cfg.batch_size, progress=exp.progress,
                                      cumulative=suite_cfg.cumulative, cache_dir=cache_dir)
         rows = list(outcome.rows)
+        if data.y_val is not None:
+            rows.append(records.row("clean", "validation_accuracy",
+                                    evaluate.accuracy(logits_fn, params, data.x_val, data.y_val), len(data.y_val),
+                                    split="validation"))
         if suite_cfg.sanity:
             rows += sanity.sanity_checks(logits_fn, params, x_eval, y_eval, suite, suite_cfg.norm,
                                          jax.random.fold_in(attack_key, 0x5A17), outcome,
@@ -120,4 +131,6 @@ class Evasion:
                 failure = err
                 failures = sum(f["count"] for f in err.failures)
             rows.append(records.row("soundness", "failures", failures, len(y_eval), norm=suite_cfg.norm))
+        for row in rows:  # which split each number was measured on: the test split is for reported numbers only
+            row.setdefault("split", "none" if row["evaluator"] == "train" else suite_cfg.split)
         return Result(rows, history, failure)
