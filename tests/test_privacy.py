@@ -293,9 +293,11 @@ def test_pate_partitions_aggregation_and_accounting():
 
 # --- resume: a DP-SGD run killed with SIGKILL ends as if never interrupted -------------------------------------
 
-DP_RUN = ["scenario=privacy", "debug=tiny", "model.hidden=[32]", "scenario.dp.batch_size=128", "scenario.dp.epochs=3",
-          "scenario.membership.lira.shadows=0", "scenario.audit.canaries=100", "scenario.membership.n_members=200",
-          "progress=false", "checkpoint.every_steps=3"]
+DP_RUN = ["scenario=privacy", "debug=tiny", "model.hidden=[32]", "dataset.n_train=500", "dataset.n_test=200",
+          "scenario.dp.batch_size=64", "scenario.dp.epochs=2", "scenario.dp.noise_multiplier=1.0",
+          "scenario.membership.lira.shadows=0",
+          "scenario.audit.canaries=50", "scenario.membership.n_members=100", "progress=false",
+          "checkpoint.every_steps=3"]
 
 
 def _dp_run(run_dir, ckpt):

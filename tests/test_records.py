@@ -197,7 +197,8 @@ def test_black_box_check_sees_every_evaluated_example():
 # ---- runs: a folder each, sweeps that survive a bad job, loaded models that are the trained ones ----------------
 
 def test_eight_runs_started_at_once_get_eight_folders(tmp_path):
-    procs = [subprocess.Popen([sys.executable, "-m", "bench", *QUICK, f"seed={10 + i}"], cwd=tmp_path,
+    light = [*QUICK, "suite.n_examples=16", "suite.attacks.pgd.steps=2", "dataset.n_test=16"]
+    procs = [subprocess.Popen([sys.executable, "-m", "bench", *light, f"seed={10 + i}"], cwd=tmp_path,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env={**ENV, "PYTHONPATH": str(ROOT)}) for i in range(8)]
     outs = [p.communicate(timeout=600) for p in procs]
@@ -215,7 +216,7 @@ def test_eight_runs_started_at_once_get_eight_folders(tmp_path):
 @pytest.mark.parametrize("launcher", ["basic", "laptop"])
 def test_a_failing_job_does_not_take_the_sweep_with_it(launcher, tmp_path):
     # dataset.n_train=1 cannot fill a batch of 64: that job fails after data loading, the others finish
-    args = ["-m", *QUICK, "dataset.n_train=1,400,500", f"hydra.sweep.dir={tmp_path}"]
+    args = ["-m", *QUICK, "suite.n_examples=16", "dataset.n_train=1,400,200", f"hydra.sweep.dir={tmp_path}"]
     if launcher != "basic":
         args.append(f"hydra/launcher={launcher}")
     out = _bench(*args)
