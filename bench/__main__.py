@@ -18,6 +18,7 @@ from pathlib import Path
 import hydra
 import jax
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -39,6 +40,10 @@ def _bad_input(err: BaseException) -> str | None:
         if isinstance(err, MissingMandatoryValue):
             key = getattr(err, "full_key", "") or "a required field"
             return f"missing required value {key}; set it on the command line, e.g. {key}=..."
+        if isinstance(err, InstantiationException) and "unexpected keyword argument" in str(err):
+            first = str(err).strip().splitlines()[0]
+            return (f"{first}: a key in the config that the target does not take; check its spelling against the "
+                    "target's parameters (`python -m bench --cfg job` prints the composed config)")
         if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
             return (f"disk full ({err.strerror}: {getattr(err, 'filename', '') or 'writing results'}); free space or "
                     "point hydra.run.dir / checkpoint.dir elsewhere")

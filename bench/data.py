@@ -115,9 +115,13 @@ def _labels(name: str, split: str, y, n_images: int, num_classes: int | None) ->
     if len(y) != n_images:
         raise BenchError(f"{name}: {split} has {n_images} images but {len(y)} labels; give exactly one label per image")
     if not np.issubdtype(y.dtype, np.integer):
-        if not np.issubdtype(y.dtype, np.number) or not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
-            raise BenchError(f"{name}: {split} labels are not whole numbers (e.g. {y[np.flatnonzero(y != np.round(y))[:1]]}"
-                             f"); labels are integer class indices 0..num_classes-1")
+        if not np.issubdtype(y.dtype, np.number):
+            raise BenchError(f"{name}: {split} labels have dtype {y.dtype} (e.g. {y[:1]}); labels are integer class "
+                             "indices 0..num_classes-1 (map class names to numbers first)")
+        bad = ~np.isfinite(y) | (y != np.round(y))
+        if bad.any():
+            raise BenchError(f"{name}: {split} labels are not whole numbers (e.g. {y[bad][:1]}); labels are integer "
+                             "class indices 0..num_classes-1")
     if len(y) and y.min() < 0:
         raise BenchError(f"{name}: {split} has label {int(y.min())}; labels are class indices 0..num_classes-1 "
                          "(remap them, e.g. y - y.min())")

@@ -92,7 +92,11 @@ def build_suite(attacks: Mapping[str, Callable], norm: str, eps_list: Sequence[f
     for eps in eps_list:
         eps = check_eps(norm, eps)
         for name, factory in attacks.items():
-            suite[(eps, name)] = factory(norm=norm.value, eps=eps)
+            try:
+                suite[(eps, name)] = factory(norm=norm.value, eps=eps)
+            except TypeError as err:  # a configured key the factory does not take
+                raise BenchError(f"suite.attacks.{name}: {err}; check its keys against the attack's parameters "
+                                 f"(bench/attacks/)") from None
     return suite
 
 

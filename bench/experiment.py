@@ -129,14 +129,20 @@ class Experiment:
         for the target and every substitute, shadow, ensemble member or stolen copy. Default key: stream "init";
         default normalization: the training split's per-channel mean and std (a loaded model brings its own)."""
         mean, std = normalization or (self.data.mean, self.data.std)
-        module = (factory or self.model_factory)(num_classes=self.data.num_classes, mean=mean, std=std)
+        try:
+            module = (factory or self.model_factory)(num_classes=self.data.num_classes, mean=mean, std=std)
+        except TypeError as err:  # a configured key the model function does not take
+            raise BenchError(f"model: {err}; check its keys against bench/models.py") from None
         key = self.key("init") if key is None else key
         return Model(module, models.make_logits_fn(module), models.init_params(module, key, self.data.image_shape))
 
     def objective(self, model: Model):
         """The configured defense's training objective for `model` (certified training also gets the module)."""
         wants_model = "model" in inspect.signature(self.defense_factory).parameters
-        return self.defense_factory(logits_fn=model.logits_fn, **({"model": model.module} if wants_model else {}))
+        try:
+            return self.defense_factory(logits_fn=model.logits_fn, **({"model": model.module} if wants_model else {}))
+        except TypeError as err:  # a configured key the defense does not take
+            raise BenchError(f"defense: {err}; check its keys against bench/defenses/") from None
 
     def checkpointer(self, name: str = "") -> checkpoint.Checkpointer | None:
         """Training checkpoints in the run's work folder (a subfolder `name` for a second trained model)."""

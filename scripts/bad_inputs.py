@@ -169,6 +169,8 @@ CASES = [
     Case("PGD with 0 restarts", bench("suite.attacks.pgd.restarts=0")),
     Case("unknown attack loss", bench("suite.attacks.pgd.loss=hinge")),
     Case("unknown attack argument", bench("+suite.attacks.pgd.momentum=0.9")),
+    Case("unknown model argument", bench("+model.depth=3")),
+    Case("unknown defense argument", bench("defense=pgd_at", "+defense.momentum=0.9")),
     Case("C&W at L-inf", bench("+attack@suite.attacks.cw=cw")),
     Case("negative checkpoint interval", bench("checkpoint.every_steps=-1")),
     Case("type error inside a sweep", ["bench", "-m", *TINY, "train.epochs=1,ten", "hydra.sweep.dir={tmp}/sweep"]),

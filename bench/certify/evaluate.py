@@ -69,7 +69,11 @@ def evaluate_certified(network, params, x: np.ndarray, y: np.ndarray, certifiers
         eps = check_eps(norm, eps)
         any_certified = np.zeros(n, bool)
         for name, factory in certifiers.items():
-            certify = factory(norm=norm.value, eps=eps)
+            try:
+                certify = factory(norm=norm.value, eps=eps)
+            except TypeError as err:  # a configured key the factory does not take
+                raise BenchError(f"suite.certifiers.{name}: {err}; check its keys against the certifier's "
+                                 "parameters (bench/certify/)") from None
             started = time.perf_counter()
             mask = np.zeros(n, bool)
             for start in range(0, n, batch_size):

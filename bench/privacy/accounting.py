@@ -92,6 +92,7 @@ def calibrate_sigma(target_epsilon: float, delta: float, q: float, steps: int,
     """
     if target_epsilon <= 0:
         raise BenchError(f"target_epsilon must be > 0, got {target_epsilon}")
+    make_accountant(kind)  # a clear error for an unknown accountant
     kind = Accountant(kind)
 
     def calibrate(k, bracket):
