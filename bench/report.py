@@ -1,13 +1,15 @@
 """Tables from records: `python -m bench.report RUN_DIR [RUN_DIR ...] [--out DIR]`.
 
-The robustness-vs-accuracy table has one row per (dataset, model, defense) and
-columns: clean accuracy, then per (norm, eps) the worst-case robust accuracy
+The robustness-vs-accuracy table has one row per experiment (the config without
+its seed: dataset x model x defense, and a `variant` naming what differs where
+several share those; seeds averaged, mean ± spread) and columns: clean accuracy,
+then per (norm, eps) the worst-case robust accuracy
 over the attacks and, where the suite has certifiers, the certified accuracy,
-then, when any sanity check tripped (bench/evaluate.py), `flags`: the checks
+then, when any sanity check tripped (bench/sanity.py), `flags`: the checks
 that tripped for that row, each with its threat where it has one; their reasons
 are listed under the table in evasion.md.
-Runs with the same config hash and seed are the same experiment: only the
-newest is reported. Writes evasion.md and evasion.csv (and the per-attack
+Every cell of the markdown carries its 95% Wilson interval. Runs with the same
+config hash and seed are the same run: only the newest is reported. Writes evasion.md and evasion.csv (and the per-attack
 detail) and prints the table. `python -m bench.report` asks the scenario
 registry (bench/scenarios) for each scenario's tables: privacy runs get the
 privacy-vs-utility table (bench/privacy/report.py: privacy.md and privacy.csv).

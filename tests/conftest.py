@@ -13,6 +13,24 @@ from bench import data, models, train
 from bench.defenses import standard
 
 
+def kill_at_first_checkpoint(args, cwd, env, ckpt, timeout: float = 300) -> None:
+    """Start `args` and SIGKILL it as soon as a training checkpoint exists under `ckpt`."""
+    import signal
+    import subprocess
+    import time
+
+    from bench import checkpoint
+
+    proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while not list(ckpt.glob(f"*/{checkpoint.CHECKPOINT_FILE}")):
+        assert proc.poll() is None, "the run ended before its first checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 @pytest.fixture(scope="session")
 def digits_data():
     return data.digits()

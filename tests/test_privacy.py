@@ -319,14 +319,11 @@ def _dp_records(run_dir):
 
 def test_killed_dp_run_resumes_to_the_same_params_epsilon_and_records(tmp_path):
     """The Poisson sampler's position comes back from the step, the noise key from the optimizer state."""
-    import signal
     import subprocess
-    import time
 
     import pandas as pd
+    from conftest import kill_at_first_checkpoint
     from flax import serialization
-
-    from bench import checkpoint
 
     env = {"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     args, root = _dp_run(tmp_path / "reference", tmp_path / "ckpt_reference")
@@ -335,14 +332,7 @@ def test_killed_dp_run_resumes_to_the_same_params_epsilon_and_records(tmp_path):
 
     ckpt = tmp_path / "ckpt"
     args, root = _dp_run(tmp_path / "killed", ckpt)
-    proc = subprocess.Popen(args, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not list(ckpt.glob(f"*/{checkpoint.CHECKPOINT_FILE}")):
-        assert proc.poll() is None, "the run ended before its first checkpoint"
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_at_first_checkpoint(args, root, env, ckpt)
     assert not (tmp_path / "killed" / "records.parquet").exists()
 
     args, root = _dp_run(tmp_path / "resumed", ckpt)

@@ -3,7 +3,6 @@ evaluation resume, and parallel sweeps (joblib, submitit) that share one results
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from bench import checkpoint, evaluate, models, records, report, train
 from bench.attacks.pgd import pgd
 from bench.defenses import standard
 from bench.errors import BenchError
+from conftest import kill_at_first_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 # A small run that trains (3 epochs, 22 steps each), attacks (PGD) and certifies (IBP, CROWN) at two radii,
@@ -90,15 +90,7 @@ def test_kill_and_rerun_resumes_to_the_same_result(reference_run, tmp_path):
     """SIGKILL once the first checkpoint exists, rerun the same command: it resumes at the checkpoint's step and
     ends with bit-identical parameters and the same records as the run that was never interrupted."""
     ckpt = tmp_path / "ckpt"
-    proc = subprocess.Popen(_bench_args(tmp_path / "killed", ckpt), cwd=ROOT, env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not list(ckpt.glob(f"*/{checkpoint.CHECKPOINT_FILE}")):
-        assert proc.poll() is None, "the run ended before its first checkpoint"
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_at_first_checkpoint(_bench_args(tmp_path / "killed", ckpt), ROOT, _env(), ckpt)
     assert not (tmp_path / "killed" / records.RECORDS_FILE).exists()
 
     out = _bench(tmp_path / "resumed", ckpt)
