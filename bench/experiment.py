@@ -183,6 +183,19 @@ def _instantiate_all(blocks) -> dict:
     return {name: instantiate(block) for name, block in (blocks or {}).items()}
 
 
+def _checked_partial(factory, what: str, where: str):
+    """A configured partial whose keys the target takes; a BenchError naming the group and the key otherwise."""
+    try:
+        inspect.signature(factory)
+    except ValueError:  # functools.partial with a keyword the function does not take
+        target = getattr(factory, "func", factory)
+        accepted = set(inspect.signature(target).parameters)
+        unknown = sorted(set(getattr(factory, "keywords", {})) - accepted)
+        raise BenchError(f"{what}: {getattr(target, '__name__', target)}() takes no {', '.join(unknown)}; check the "
+                         f"keys against {where}") from None
+    return factory
+
+
 def writable_folder(path: Path, what: str) -> None:
     """Create `path` if needed; a BenchError unless it is a folder this process can write to."""
     if path.exists() and not path.is_dir():
@@ -232,8 +245,9 @@ def prepare(cfg, run_dir: Path, choices: Mapping[str, str], streams: Sequence[st
                              str(t.schedule), float(t.momentum), float(t.weight_decay),
                              OmegaConf.to_container(t.overfit_check, resolve=True))
     return Experiment(
-        data=data, model_factory=instantiate(cfg.model, _partial_=True),
-        defense_factory=instantiate(cfg.defense, _partial_=True), train=settings, suite=suite,
+        data=data, model_factory=_checked_partial(instantiate(cfg.model, _partial_=True), "model", "bench/models.py"),
+        defense_factory=_checked_partial(instantiate(cfg.defense, _partial_=True), "defense", "bench/defenses/"),
+        train=settings, suite=suite,
         streams=KeyStreams(cfg.seed, streams), seed=int(cfg.seed), progress=bool(cfg.progress), run_dir=Path(run_dir),
         work_dir=checkpoint.work_dir(config, cfg.checkpoint.dir, cfg.seed) if cfg.checkpoint.dir else None,
         checkpoint_every=int(cfg.checkpoint.every_steps), resume=bool(cfg.checkpoint.resume),
