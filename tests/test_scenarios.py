@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import os
 import shutil
 import subprocess
 import sys
@@ -152,3 +151,20 @@ def test_key_streams_are_independent_by_purpose():
     draws = {name: b.rng(name).random(4) for name in b.names}
     assert len({tuple(v) for v in draws.values()}) == len(draws)  # distinct purposes, distinct draws
     np.testing.assert_array_equal(b.rng("canaries").random(4), draws["canaries"])  # a stream is a function of its name
+
+
+def test_certify_cli_labels_and_hashes_a_run_as_the_run_did(tmp_path):
+    """python -m bench.certify uses the shared setup: the run's labels and stable config hash."""
+    run = tmp_path / "run"
+    out = subprocess.run([sys.executable, "-m", "bench", "debug=tiny", "suite.sanity=false", "progress=false",
+                          "defense=ibp", "defense.eps=0.05", f"hydra.run.dir={run}"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300, env=ENV)
+    assert out.returncode == 0, out.stderr[-2000:]
+    out = subprocess.run([sys.executable, "-m", "bench.certify", str(run), "--certifiers", "ibp", "--no-attacks",
+                          "--eps", "0.01"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
+    assert out.returncode == 0, out.stderr[-2000:]
+    run_records = pd.read_parquet(run / "records.parquet")
+    certified = pd.read_parquet(run / "certified_records.parquet")
+    assert set(certified.defense) == set(run_records.defense) == {"ibp"}  # not "ibp_training"
+    assert set(certified.config_hash) == set(run_records.config_hash)
+    assert "certified_accuracy" in set(certified.metric)

@@ -101,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
             smooth_results, _ = evaluate_smoothing(logits_fn, params, x, y, certify, args.radii,
                                                    jax.random.fold_in(key, 1), batch_size=smoothing_cfg.batch_size)
             results += smooth_results
-        context = context(scenario.name, scenario.defense_label(experiment.labels["defense"]), experiment)
+        shared = context(scenario.name, scenario.defense_label(experiment.labels["defense"]), experiment)
         records.atomic_write_bytes(run_dir / "certified_records.parquet",
-                                   records.make_rows(results, context).to_parquet(index=False))
+                                   records.make_rows(results, shared).to_parquet(index=False))
         print(sandwich_table(results).to_markdown(index=False, floatfmt=".2f"))
         for r in results:
             if r["evaluator"] == "smoothing" or r["metric"] == "certified_accuracy":
