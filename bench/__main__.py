@@ -95,14 +95,19 @@ def _sweep_choices(overrides: list[str]) -> list[list[str]]:
     return runs
 
 
+def _adds_group(override: str) -> bool:
+    """`+experiment=...`, `+attack@...`: a config group, which Hydra checks itself (and which later overrides may
+    need: `+experiment=X defense.warmup_steps=3` is only valid with the experiment in)."""
+    key = override.lstrip("+").split("=")[0]
+    conf = Path(__file__).resolve().parent.parent / "conf"
+    return "@" in key or "/" in key or ("." not in key and (conf / key).is_dir())
+
+
 def _unknown_added_key(cfg, without, override: str) -> str | None:
     """`+a.b=v` adds a key; refuse it where the parent is a typed block (bench/schema.py) that has no such field."""
     from omegaconf import OmegaConf
 
     key = override.lstrip("+").split("=")[0]
-    conf = Path(__file__).resolve().parent.parent / "conf"
-    if "@" in key or "/" in key or ("." not in key and (conf / key).is_dir()):
-        return None  # a config group (+experiment=..., +attack@...): Hydra checks those
     parent, leaf = key.rsplit(".", 1) if "." in key else ("", key)
     node = OmegaConf.select(without, parent) if parent else without
     if node is None or not OmegaConf.is_dict(node) or leaf in node:
@@ -148,7 +153,7 @@ def _check_overrides(args: list[str]) -> str | None:
             for run in runs:
                 cfg = compose(config_name="config", overrides=run)
                 for i, override in enumerate(run):
-                    if override.startswith("+"):
+                    if override.startswith("+") and not _adds_group(override):
                         without = compose(config_name="config", overrides=run[:i] + run[i + 1:])
                         if (problem := _unknown_added_key(cfg, without, override)) is not None:
                             return problem

@@ -165,6 +165,8 @@ def test_command_line_problems_are_one_line(args, message):
 
 
 @pytest.mark.parametrize("args", [["+model.hidden=[32]"], ["++suite.sanity=false"], ["+experiment=madry_mnist_reduced"],
+                                  # a key the experiment brings, overridden after it (the tuning script does this)
+                                  ["+experiment=wong2020_fgsm_rs_mnist_reduced", "defense.warmup_steps=350"],
                                   ["-m", "seed=0,1", "model=mlp,cnn_small"]])
 def test_good_command_lines_pass(args):
     assert _check_overrides(args) is None
