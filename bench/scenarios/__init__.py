@@ -23,6 +23,7 @@ def _load(target: str):
 SCENARIOS = {name: _load(target) for name, target in {
     "evasion": "bench.scenarios.evasion.Evasion",
     "privacy": "bench.scenarios.privacy.Privacy",
+    "poisoning": "bench.scenarios.poisoning.Poisoning",
 }.items()}
 
 

@@ -1,0 +1,32 @@
+"""Training-set poisoning and backdoors (the `poisoning` scenario, bench/scenarios/poisoning.py).
+
+One file per attack, each a factory of keyword hyper-parameters returning
+`(x_train, y_train, rng, num_classes) -> PoisonedSet` (base.py: the poisoned images and labels, the indices
+modified, the test-time trigger); one file for the metrics (CA, ASR, RA, targeted success, detection
+TPR/FPR, DER); one per filtering defense, each a factory returning
+`(features, labels, rng, expected_ratio) -> flagged indices` on penultimate-layer features (features.py).
+Adding an attack: `bench/poisoning/<name>.py` and one line in ATTACKS; a defense: one file and one line in
+FILTERS.
+"""
+
+from bench.poisoning.activation_clustering import activation_clustering
+from bench.poisoning.badnets import badnets
+from bench.poisoning.base import PoisonedSet, attack_inputs, modified_indices
+from bench.poisoning.blend import blend
+from bench.poisoning.label_flip import label_flip
+from bench.poisoning.spectral import spectral_signatures
+
+# Every poisoning attack that makes a poisoned training set, one line each (scenario.attack).
+ATTACKS = {
+    "label_flip": label_flip,
+    "badnets": badnets,
+    "blend": blend,
+}
+
+# Every filtering defense, one line each (scenario.filters).
+FILTERS = {
+    "spectral_signatures": spectral_signatures,
+    "activation_clustering": activation_clustering,
+}
+
+__all__ = ["ATTACKS", "FILTERS", "PoisonedSet", "attack_inputs", "modified_indices"]

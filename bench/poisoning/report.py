@@ -1,0 +1,82 @@
+"""The poisoning table from records (poisoning.md, poisoning.csv).
+
+One row per (experiment, trained model): the experiment is the config without its seed (bench/report.py's
+`with_experiment`: seeds of one experiment are averaged, mean ± spread over seeds, and `variant` names what
+else differs), the trained model is `clean_training` (the clean set, ratio 0), `poisoned` (the poisoned set,
+defense = the training objective only) or a filter (defense = objective + filter, retrained without what it
+flagged). Columns: attack, ratio (the share of the training set modified), defense, CA, ASR, RA (%), the
+filter's detection TPR and FPR (%), DER (in [0, 1]), targeted success (%), seeds (the list).
+Shares carry the 95% Wilson interval of the mean on the examples they were measured on.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from bench.errors import BenchError
+from bench.records import atomic_write_bytes
+from bench.report import _cells, _format, latest_runs, to_markdown, with_experiment
+
+COLUMNS = {"CA": "clean_accuracy", "ASR": "attack_success_rate", "RA": "robust_accuracy", "TPR": "tpr",
+           "FPR": "fpr", "DER": "der", "targeted": "targeted_success"}
+ORDER = {"clean_training": 0, "poisoned": 1}
+_NAMED_BY_ROW = ("scenario.attack=", "scenario.ratio=")  # shown as columns, not as the variant
+
+
+def poisoning_table(records: pd.DataFrame, *, with_ci: bool = False) -> pd.DataFrame:
+    """The poisoning table (see the module docstring); with `with_ci`, cells are text with spread and interval."""
+    records = records[records.scenario == "poisoning"]
+    if records.empty:
+        raise BenchError("no poisoning records found; run `python -m bench scenario=poisoning` first")
+    records = with_experiment(latest_runs(records))
+    picked = records[records.metric.isin(list(COLUMNS.values()))]
+    keys = ["experiment", "evaluator"]
+    column = picked["evaluator"] + "\x00" + picked["metric"]
+    cells = _cells(picked, column)
+    table = picked.groupby(keys).agg(dataset=("dataset", "first"), model=("model", "first"),
+                                     attack=("attack", "first"), ratio=("poison_ratio", "mean"),
+                                     defense=("defense", "first"), variant=("variant", "first"),
+                                     seeds=("seed", lambda s: ",".join(map(str, sorted(set(int(v) for v in s))))))
+    table = table.reset_index()
+    table["defense"] = [d + " (clean data)" if e == "clean_training" else d if e == "poisoned" else f"{d}+{e}"
+                        for d, e in zip(table.defense, table.evaluator)]
+    table["variant"] = [", ".join(p for p in str(v).split(", ") if p and not p.startswith(_NAMED_BY_ROW))
+                        for v in table.variant]
+    for label, metric in COLUMNS.items():
+        values = []
+        for experiment, evaluator in zip(table.experiment, table.evaluator):
+            key = (experiment, f"{evaluator}\x00{metric}")
+            if key not in cells.index:
+                values.append("" if with_ci else float("nan"))
+                continue
+            c = cells.loc[key]
+            if not with_ci:
+                values.append(c["mean"] if label == "DER" else 100 * c["mean"])
+            elif label == "DER":
+                spread = f" ± {c['sd']:.3f}" if c["seeds"] > 1 and pd.notna(c["sd"]) else ""
+                values.append(f"{c['mean']:.3f}{spread}" if pd.notna(c["mean"]) else "")
+            else:
+                values.append(_format(c["mean"], c["sd"], c["seeds"], c["low"], c["high"]))
+        table[label] = values
+    table["ratio"] = 100 * table["ratio"]
+    table = table.assign(_order=table.evaluator.map(ORDER).fillna(2)).sort_values(
+        ["dataset", "model", "attack", "ratio", "variant", "_order", "evaluator"])
+    empty = [label for label in COLUMNS if (table[label].astype(str).isin(["", "nan"])).all()]
+    table = table.drop(columns=["experiment", "evaluator", "_order", *empty])
+    if not table["variant"].astype(bool).any():
+        table = table.drop(columns="variant")
+    table = table[[c for c in table.columns if c != "seeds"] + ["seeds"]].rename(columns={"ratio": "ratio %"})
+    return table.reset_index(drop=True)
+
+
+def write_poisoning_tables(records: pd.DataFrame, out) -> dict:
+    """poisoning.md (cells with spread over seeds and 95% intervals) and poisoning.csv (means) into `out`."""
+    from pathlib import Path
+
+    out = Path(out)
+    text = ("# Poisoning and backdoors\n\nOne row per experiment and trained model (seeds averaged: mean ± spread "
+            "over seeds, 95% Wilson interval of the mean). ratio: share of the training set modified (%). CA, ASR, "
+            "RA, TPR, FPR in %; DER in [0, 1] (0.5: no change). Definitions: bench/poisoning/metrics.py.\n\n"
+            + to_markdown(poisoning_table(records, with_ci=True)) + "\n")
+    return {"md": atomic_write_bytes(out / "poisoning.md", text.encode()),
+            "csv": atomic_write_bytes(out / "poisoning.csv", poisoning_table(records).to_csv(index=False).encode())}
