@@ -17,6 +17,7 @@ through `bench.threat.apply_logits`. See ARCHITECTURE.md.
 from bench.attacks.apgd import apgd_ce, apgd_dlr
 from bench.attacks.apgd_t import apgd_t
 from bench.attacks.cw import cw
+from bench.attacks.eot import eot_pgd
 from bench.attacks.fgsm import fgsm
 from bench.attacks.pgd import pgd
 from bench.attacks.square import square
@@ -31,6 +32,7 @@ ATTACKS = {
     "apgd_t": apgd_t,
     "square": square,
     "cw": cw,
+    "eot_pgd": eot_pgd,
 }
 
 __all__ = ["ATTACKS", "Norm", "ThreatModelViolation", "apgd_ce", "apgd_dlr", "apgd_t", "check_threat_model", "cw",
