@@ -24,6 +24,7 @@ SCENARIOS = {name: _load(target) for name, target in {
     "evasion": "bench.scenarios.evasion.Evasion",
     "privacy": "bench.scenarios.privacy.Privacy",
     "poisoning": "bench.scenarios.poisoning.Poisoning",
+    "physical": "bench.scenarios.physical.Physical",
 }.items()}
 
 
