@@ -34,7 +34,7 @@ def spectral_signatures(eps: float | None = None, remove_factor: float = 1.5):
         flagged = []
         for c in np.unique(labels):
             members = np.flatnonzero(labels == c)
-            k = min(len(members), int(np.ceil(share * len(members))))
+            k = min(len(members), int(np.ceil(round(share * len(members), 6))))  # 1.5 * 0.1 * 300 is 45, not 46
             if k == 0:
                 continue
             scores = outlier_scores(features[members])

@@ -1,0 +1,201 @@
+"""Poisoning and backdoors (bench/poisoning/, scenario=poisoning): properties that could fail."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench import evaluate, models, train
+from bench.data import digits
+from bench.defenses import standard
+from bench.errors import BenchError
+from bench.poisoning import ATTACKS, FILTERS, attack_inputs, metrics, modified_indices
+from bench.poisoning.features import extract, features_fn
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin", "HOME": str(ROOT)}
+CASES = [
+    ("label_flip", dict(mode="random")),
+    ("label_flip", dict(mode="pair", source=3)),
+    ("badnets", dict(mode="all_to_one", size=2)),
+    ("badnets", dict(mode="all_to_all", size=2, pattern="checkerboard")),
+    ("blend", dict(alpha=0.2)),
+]
+
+
+@pytest.fixture(scope="module")
+def data():
+    return digits()
+
+
+def _poison(data, attack, ratio=0.1, target=0, seed=0, **args):
+    make = ATTACKS[attack](ratio=ratio, target=target, **args)
+    return make(data.x_train, data.y_train, np.random.default_rng(seed), data.num_classes)
+
+
+@pytest.mark.parametrize("attack,args", CASES, ids=[f"{a}-{'-'.join(map(str, v.values()))}" for a, v in CASES])
+def test_a_poisoned_set_differs_from_the_clean_one_exactly_at_the_reported_indices(data, attack, args):
+    p = _poison(data, attack, **args)
+    n = len(data.y_train)
+    np.testing.assert_array_equal(modified_indices(data.x_train, data.y_train, p.x, p.y), p.indices)
+    assert len(p.indices) == round(0.1 * n) and p.ratio == pytest.approx(len(p.indices) / n)
+    assert p.x.dtype == np.float32 and p.x.min() >= 0 and p.x.max() <= 1
+    clean = np.setdiff1d(np.arange(n), p.indices)
+    np.testing.assert_array_equal(p.x[clean], data.x_train[clean])  # nothing else moved
+    np.testing.assert_array_equal(p.y[clean], data.y_train[clean])
+    y0, y = data.y_train[p.indices], p.y[p.indices]
+    if attack == "label_flip":
+        np.testing.assert_array_equal(p.x, data.x_train)  # labels only
+        assert (y != y0).all()
+        if args["mode"] == "pair":
+            assert (y0 == 3).all() and (y == 0).all()
+    elif args.get("mode") == "all_to_all":
+        np.testing.assert_array_equal(y, (y0 + 1) % data.num_classes)
+    else:
+        assert (y0 != 0).all() and (y == 0).all()
+    # another seed draws other images; the same seed the same ones
+    np.testing.assert_array_equal(_poison(data, attack, **args).indices, p.indices)
+    assert not np.array_equal(_poison(data, attack, seed=1, **args).indices, p.indices)
+
+
+def test_the_backdoor_test_inputs_are_the_triggered_non_target_images(data):
+    p = _poison(data, "badnets", size=2)
+    x, y_true, y_adv = attack_inputs(p, data.x_test, data.y_test)
+    assert len(y_true) == int((data.y_test != 0).sum()) and (y_true != 0).all() and (y_adv == 0).all()
+    assert np.allclose(x[:, -3:-1, -3:-1], 1.0)  # the 2x2 patch, one pixel from the bottom-right corner
+    a2a = _poison(data, "badnets", mode="all_to_all", size=2)
+    _, y_true, y_adv = attack_inputs(a2a, data.x_test, data.y_test)
+    assert len(y_true) == len(data.y_test) and (y_adv == (y_true + 1) % 10).all()
+    assert attack_inputs(_poison(data, "label_flip"), data.x_test, data.y_test) is None  # no test-time goal
+
+
+def test_bad_attack_arguments_are_one_line_errors(data):
+    with pytest.raises(BenchError, match="ratio"):
+        ATTACKS["badnets"](ratio=1.5)
+    with pytest.raises(BenchError, match="mode"):
+        ATTACKS["badnets"](mode="all_to_some")
+    with pytest.raises(BenchError, match="does not fit"):
+        _poison(data, "badnets", size=9)
+    with pytest.raises(BenchError, match="lower scenario.ratio"):
+        _poison(data, "label_flip", ratio=0.5, mode="pair", source=3)  # more flips than class-3 images
+    from bench.scenarios.poisoning import Poisoning
+
+    with pytest.raises(BenchError, match="bench/poisoning/badnets.py"):
+        Poisoning(attack="badnets", ratio=0.1, target=0, args={"sise": 3}).make_attack()
+    with pytest.raises(BenchError, match="unknown scenario.attack"):
+        Poisoning(attack="badnet", ratio=0.1, target=0).make_attack()
+
+
+def test_metric_golden_values():
+    pred = np.array([0, 0, 1, 2, 0, 3])
+    y_true = np.array([1, 2, 1, 2, 3, 1])
+    y_adv = np.zeros(6, int)
+    assert metrics.clean_accuracy(pred, y_true) == pytest.approx(2 / 6)
+    assert metrics.attack_success_rate(pred, y_adv) == pytest.approx(3 / 6)
+    assert metrics.robust_accuracy(pred, y_true) == pytest.approx(2 / 6)  # ASR + RA = 5/6: one went to class 3
+    assert metrics.targeted_success(np.array([4, 4, 1]), np.array([4, 2, 1])) == pytest.approx(2 / 3)
+    found = metrics.detection(np.array([0, 1, 5, 7]), np.array([0, 1, 2]), n=10)
+    assert found["tpr"] == pytest.approx(2 / 3) and found["fpr"] == pytest.approx(2 / 7)
+    assert found["true_positives"] == 2 and found["false_positives"] == 2 and found["flagged"] == 4
+    # DER: a perfect defense 1; nothing changes 0.5; an ASR that rises is not credited
+    assert metrics.der(0.98, 1.0, 0.98, 0.0) == pytest.approx(1.0)
+    assert metrics.der(0.98, 0.9, 0.98, 0.9) == pytest.approx(0.5)
+    assert metrics.der(0.98, 0.5, 0.98, 0.7) == pytest.approx(0.5)
+    assert metrics.der(0.90, 0.99, 0.80, 0.09) == pytest.approx((0.9 - 0.1 + 1) / 2)
+    # the sign of the dCA term: a defense that only costs clean accuracy scores BELOW 0.5 (BackdoorBench's code,
+    # which adds max(0, dCA), would give 0.6 here), and a CA gain is not credited
+    assert metrics.der(0.95, 0.99, 0.75, 0.99) == pytest.approx(0.4)
+    assert metrics.der(0.75, 0.99, 0.95, 0.99) == pytest.approx(0.5)
+    with pytest.raises(BenchError, match="shares"):
+        metrics.der(98.0, 99.0, 97.0, 10.0)
+
+
+def _train(data, x, y, epochs=15):
+    module = models.mlp(data.num_classes, data.mean, data.std, hidden=(64,))
+    logits_fn = models.make_logits_fn(module)
+    params = models.init_params(module, jax.random.key(0), data.image_shape)
+    optimizer = train.make_optimizer("adam", 3e-3, "constant")
+    params, _ = train.train(standard(logits_fn), params, optimizer, x, y, epochs=epochs, batch_size=32,
+                            key=jax.random.key(1), progress=False)
+    return module, logits_fn, params
+
+
+def test_badnets_reaches_a_high_asr_where_the_clean_model_does_not(data):
+    p = _poison(data, "badnets", size=2)
+    x_trig, y_true, y_adv = attack_inputs(p, data.x_test, data.y_test)
+    rates = {}
+    for name, (x, y) in {"clean": (data.x_train, data.y_train), "poisoned": (p.x, p.y)}.items():
+        module, logits_fn, params = _train(data, x, y)
+        pred = evaluate.predict(logits_fn, params, x_trig)
+        rates[name] = (metrics.attack_success_rate(pred, y_adv),
+                       metrics.clean_accuracy(evaluate.predict(logits_fn, params, data.x_test), data.y_test))
+        if name == "poisoned":  # the features are the last Dense layer's input: logits = features @ W + b
+            feats = extract(features_fn(module), params, data.x_test[:50])
+            last = params["Dense_1"]
+            np.testing.assert_allclose(feats @ np.asarray(last["kernel"]) + np.asarray(last["bias"]),
+                                       np.asarray(logits_fn(params, data.x_test[:50])), rtol=1e-4, atol=1e-4)
+    assert rates["poisoned"][0] > 0.9, rates
+    assert rates["clean"][0] < 0.2, rates
+    assert rates["poisoned"][1] > 0.85 and rates["clean"][1] > 0.85, rates
+
+
+def _features_with_poisons(rng, n=300, shift=12.0, share=0.2):
+    """Two labels of Gaussian features; in label 0, a `share` of the examples moved along one direction."""
+    feats = rng.normal(size=(2 * n, 16))
+    labels = np.repeat([0, 1], n)
+    poisons = np.sort(rng.choice(n, int(share * n), replace=False))
+    feats[poisons, 3] += shift
+    return feats, labels, poisons
+
+
+def test_detectors_report_tpr_and_fpr_against_the_true_poison_indices():
+    rng = np.random.default_rng(0)
+    feats, labels, poisons = _features_with_poisons(rng)
+    n = len(labels)
+    spectral = FILTERS["spectral_signatures"](eps=None, remove_factor=1.5)
+    flagged = spectral(feats, labels, np.random.default_rng(1), 0.1)  # 1.5 * 10% of each label's 300
+    assert len(flagged) == 2 * 45
+    found = metrics.detection(flagged, poisons, n)
+    assert found["tpr"] == pytest.approx(45 / 60)  # its 45 flags in label 0 are all poisons
+    assert found["fpr"] == pytest.approx(45 / (n - 60))  # the 45 of label 1 are all clean
+    ac = FILTERS["activation_clustering"](components=4, size_threshold=0.35, silhouette_threshold=0.15)
+    flagged = ac(feats, labels, np.random.default_rng(1), 0.1)
+    found = metrics.detection(flagged, poisons, n)
+    assert found["tpr"] == 1.0 and found["fpr"] == 0.0, found  # label 1 (one Gaussian) is left alone
+    shuffled = np.random.default_rng(2).permutation(n)  # flags against the wrong indices: the numbers say so
+    assert metrics.detection(flagged, shuffled[:60], n)["tpr"] < 0.5
+
+
+def test_the_scenario_end_to_end(tmp_path):
+    run = tmp_path / "run"
+    out = subprocess.run([sys.executable, "-m", "bench", "scenario=poisoning", "debug=tiny", "progress=false",
+                          "scenario.filters=[spectral_signatures]", "train.epochs=3",
+                          f"hydra.run.dir={run}"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
+    assert out.returncode == 0, out.stderr[-2000:]
+    frame = pd.read_parquet(run / "records.parquet")
+    assert set(frame.scenario) == {"poisoning"} and set(frame.dataset) == {"digits"}
+    assert frame.poison_ratio.notna().all()  # the ratio in every row
+    assert set(frame[frame.evaluator == "clean_training"].poison_ratio) == {0.0}
+    assert set(frame[frame.evaluator == "poisoned"].poison_ratio) == {round(0.1 * 1437) / 1437}
+    got = set(zip(frame.evaluator, frame.metric))
+    for evaluator in ("clean_training", "poisoned", "spectral_signatures"):
+        assert {(evaluator, "clean_accuracy"), (evaluator, "attack_success_rate")} <= got
+    assert {("spectral_signatures", m) for m in ("tpr", "fpr", "der")} <= got
+    assert (run / "poisons.png").stat().st_size > 1000
+    assert "ASR" in out.stdout and "standard+spectral_signatures" in out.stdout
+    # the table aggregates seeds of one experiment: a second seed of the same config joins its row
+    from bench.poisoning.report import poisoning_table
+
+    other = frame.assign(seed=1, config_hash="x" + frame.config_hash, run_id="x" + frame.run_id,
+                         value=np.where(frame.metric == "clean_accuracy", 0.5, frame.value))
+    table = poisoning_table(pd.concat([frame, other]))
+    row = table[table.defense == "standard"].iloc[0]
+    ca = frame[(frame.evaluator == "poisoned") & (frame.metric == "clean_accuracy")].value.iloc[0]
+    assert row["seeds"] == "0,1" and row["CA"] == pytest.approx(100 * (ca + 0.5) / 2)
+    assert len(table) == 3
