@@ -75,6 +75,13 @@ def predict(logits_fn, params, x: np.ndarray, batch_size: int = 1000, key: jax.A
                            for b, s in enumerate(_batches(len(x), batch_size))])
 
 
+def logits(logits_fn, params, x: np.ndarray, batch_size: int = 1000, key: jax.Array | None = None) -> np.ndarray:
+    """The model's logits, computed in batches (a stochastic model draws with `key`, default a fixed one)."""
+    key = jax.random.key(_PREDICT_KEY) if key is None else key
+    return np.concatenate([np.asarray(_logits_batch(logits_fn, params, x[s], jax.random.fold_in(key, b)))
+                           for b, s in enumerate(_batches(len(x), batch_size))])
+
+
 def accuracy(logits_fn, params, x, y, batch_size: int = 1000) -> float:
     """Fraction of examples classified correctly."""
     return float(np.mean(predict(logits_fn, params, x, batch_size) == y))
@@ -142,6 +149,20 @@ def attack_examples(attack, logits_fn, params, x, y, idx, norm, eps, key, batch_
             np.savez(buffer, idx=idx, still=still, done=b + 1)
             atomic_write_bytes(cache, buffer.getvalue())
     return still
+
+
+def craft(attack, logits_fn, params, x: np.ndarray, y: np.ndarray, norm, eps, key, batch_size: int = 1000,
+          progress: bool = False, desc: str = "craft") -> np.ndarray:
+    """Adversarial examples for all of x crafted on (logits_fn, params), batch by batch, each batch checked against
+    the threat model; score them on any number of models afterwards (transfer, ensembles, the physical world).
+    `y` is what the attack takes: the true labels, or target classes for a targeted attack."""
+    out = np.empty_like(x)
+    for b, s in enumerate(tqdm(list(_batches(len(x), batch_size)), desc=desc, disable=not progress, leave=False)):
+        x_dev, y_dev = sharding.shard_batch(x[s], y[s])
+        x_adv = attack(logits_fn, params, x_dev, y_dev, jax.random.fold_in(key, b))
+        check_threat_model(x[s], x_adv, norm, eps)
+        out[s] = np.asarray(x_adv)
+    return out
 
 
 class SuiteOutcome(NamedTuple):

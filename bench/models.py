@@ -142,6 +142,11 @@ def trades_smallcnn(num_classes: int, mean, std) -> PoolConvNet:
     return PoolConvNet(num_classes, tuple(mean), tuple(std), features=features, dense=(200, 200))
 
 
+# Every architecture by name (the transfer scenario's `arch:`); conf/model/<name>.yaml names the same functions.
+MODELS = {"mlp": mlp, "cnn_small": cnn_small, "cnn_medium": cnn_medium, "cnn_large": cnn_large,
+          "madry_cnn": madry_cnn, "trades_smallcnn": trades_smallcnn}
+
+
 def init_params(model: nn.Module, key: jax.Array, image_shape: Sequence[int]) -> dict:
     """Initialise the model's parameters for images of `image_shape` (H, W, C)."""
     return model.init(key, jnp.zeros((1, *image_shape), jnp.float32))["params"]

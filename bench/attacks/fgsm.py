@@ -15,13 +15,15 @@ from bench.threat import check_eps, parse_loss, parse_norm
 
 
 def fgsm(*, norm: str = "linf", eps: float, step_size: float | None = None, random_start: bool = False,
-         loss: str = "ce"):
-    """FGSM attack `(logits_fn, params, x, y, key) -> x_adv`; step_size defaults to eps."""
+         loss: str = "ce", targeted: bool = False):
+    """FGSM attack `(logits_fn, params, x, y, key) -> x_adv`; step_size defaults to eps. With `targeted`, y holds
+    target classes and the step descends the loss towards them."""
     norm = parse_norm(norm)
     eps = check_eps(norm, eps)
     loss = parse_loss(loss)
     step_size = eps if step_size is None else float(step_size)
-    static = dict(norm=norm, steps=1, restarts=1, random_start=bool(random_start), loss=loss)
+    static = dict(norm=norm, steps=1, restarts=1, random_start=bool(random_start), loss=loss,
+                  targeted=bool(targeted))
 
     def attack(logits_fn, params, x, y, key):
         return pgd_core(logits_fn, params, x, y, key, jnp.float32(eps), jnp.float32(step_size), **static)

@@ -23,26 +23,28 @@ def _labels(target):
     return target if jnp.issubdtype(target.dtype, jnp.integer) else jnp.argmax(target, axis=-1)
 
 
-@partial(jax.jit, static_argnames=("logits_fn", "norm", "steps", "restarts", "random_start", "loss"))
+@partial(jax.jit, static_argnames=("logits_fn", "norm", "steps", "restarts", "random_start", "loss", "targeted"))
 def pgd_core(logits_fn, params, x, target, key, eps, step_size, *, norm: Norm, steps: int, restarts: int,
-             random_start: bool, loss: str):
+             random_start: bool, loss: str, targeted: bool = False):
     """The jitted PGD loop shared by PGD, FGSM and the adversarial-training defenses.
 
-    eps and step_size are traced, so one compilation serves every epsilon.
+    eps and step_size are traced, so one compilation serves every epsilon. With `targeted`, `target` holds
+    the classes to reach: the loss towards them is descended and success is being classified as them.
     """
     loss_fn = LOSSES[loss]
     labels = _labels(target)
+    sign = -1.0 if targeted else 1.0
 
     def loss_and_logits(x_adv, draw_key):
         logits = apply_logits(logits_fn, params, x_adv, draw_key)  # a stochastic model draws with draw_key
-        per_example = loss_fn(logits, target)
+        per_example = sign * loss_fn(logits, target)
         return per_example.sum(), (per_example, logits)
 
     grad_fn = jax.grad(loss_and_logits, has_aux=True)
 
     def keep_best(best, x_adv, per_example, logits):
         best_x, best_loss, best_adv = best
-        is_adv = jnp.argmax(logits, axis=-1) != labels
+        is_adv = (jnp.argmax(logits, axis=-1) == labels) if targeted else (jnp.argmax(logits, axis=-1) != labels)
         better = (is_adv & ~best_adv) | ((is_adv == best_adv) & (per_example > best_loss))
         mask = broadcast_rows(better, x)
         return (jnp.where(mask, x_adv, best_x), jnp.where(better, per_example, best_loss), best_adv | is_adv)
@@ -71,7 +73,7 @@ def pgd_core(logits_fn, params, x, target, key, eps, step_size, *, norm: Norm, s
 
 
 def pgd(*, norm: str = "linf", eps: float, steps: int = 40, step_size: float | None = None,
-        restarts: int = 1, random_start: bool = True, loss: str = "ce"):
+        restarts: int = 1, random_start: bool = True, loss: str = "ce", targeted: bool = False):
     """PGD attack `(logits_fn, params, x, y, key) -> x_adv`.
 
     Args:
@@ -82,6 +84,7 @@ def pgd(*, norm: str = "linf", eps: float, steps: int = 40, step_size: float | N
       restarts: independent random starts; the per-example best is kept.
       random_start: start uniformly inside the ball rather than at x.
       loss: "ce" (cross-entropy), "margin" (Carlini-Wagner) or "kl" (TRADES; y is a probability row).
+      targeted: y holds target classes; the loss towards them is descended (success: classified as y).
     """
     norm = parse_norm(norm)
     eps = check_eps(norm, eps)
@@ -94,12 +97,13 @@ def pgd(*, norm: str = "linf", eps: float, steps: int = 40, step_size: float | N
     step_size = 2.5 * eps / steps if step_size is None else float(step_size)
     if step_size < 0:
         raise BenchError(f"step_size must be >= 0, got {step_size}")
-    static = dict(norm=norm, steps=int(steps), restarts=int(restarts), random_start=bool(random_start), loss=loss)
+    static = dict(norm=norm, steps=int(steps), restarts=int(restarts), random_start=bool(random_start), loss=loss,
+                  targeted=bool(targeted))
 
     def attack(logits_fn, params, x, y, key):
         return pgd_core(logits_fn, params, x, y, key, jnp.float32(eps), jnp.float32(step_size), **static)
 
     # twice the steps; a configured step size is kept, the default one scales with the steps
     stronger = lambda: pgd(norm=norm.value, eps=eps, steps=2 * int(steps), step_size=configured_step, restarts=restarts,
-                           random_start=random_start, loss=loss)
+                           random_start=random_start, loss=loss, targeted=targeted)
     return Attack(attack, Capabilities(stronger=stronger, stronger_label=f"{2 * int(steps)} steps"))

@@ -25,6 +25,8 @@ SCENARIOS = {name: _load(target) for name, target in {
     "privacy": "bench.scenarios.privacy.Privacy",
     "poisoning": "bench.scenarios.poisoning.Poisoning",
     "physical": "bench.scenarios.physical.Physical",
+    "transfer": "bench.scenarios.transfer.Transfer",
+    "blackbox": "bench.scenarios.blackbox.BlackBox",
 }.items()}
 
 
