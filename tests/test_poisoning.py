@@ -199,3 +199,49 @@ def test_the_scenario_end_to_end(tmp_path):
     ca = frame[(frame.evaluator == "poisoned") & (frame.metric == "clean_accuracy")].value.iloc[0]
     assert row["seeds"] == "0,1" and row["CA"] == pytest.approx(100 * (ca + 0.5) / 2)
     assert len(table) == 3
+
+
+def test_influence_matches_leave_one_out_retraining_on_a_tiny_convex_problem():
+    """Koh & Liang 2017: -I_up,loss / n predicts the test-loss change of removing each training example."""
+    import jax.numpy as jnp
+
+    from bench.poisoning import influence as inf
+
+    rng = np.random.default_rng(0)
+    n, d, lam = 40, 3, 0.05
+    X = rng.normal(size=(n, d)).astype(np.float32)
+    y = (X @ np.array([1.5, -1.0, 0.5]) + rng.normal(size=n) > 0).astype(np.float32)
+    x_t, y_t = rng.normal(size=d).astype(np.float32), 1.0
+    theta = inf.fit(X, y, lam)
+    ones = jnp.ones(n)
+    np.testing.assert_allclose(inf.hessian(theta, jnp.asarray(X), jnp.asarray(y), lam, ones),
+                               jax.hessian(inf.risk)(theta, jnp.asarray(X), jnp.asarray(y), lam, ones), atol=1e-5)
+    assert np.abs(jax.grad(inf.risk)(theta, jnp.asarray(X), jnp.asarray(y), lam, ones)).max() < 1e-5  # the optimum
+    predicted = inf.predicted_removal_effect(theta, X, y, lam, x_t, y_t)
+    base = inf.test_loss(theta, x_t, y_t)
+    actual = []
+    for i in range(n):
+        weights = np.ones(n, np.float32)
+        weights[i] = 0.0  # leave example i out (its 1/n weight removed, as the upweighting derivation assumes)
+        actual.append(inf.test_loss(inf.fit(X, y, lam, weights), x_t, y_t) - base)
+    assert np.corrcoef(predicted, actual)[0, 1] > 0.99
+    assert np.sign(predicted[np.argmax(np.abs(actual))]) == np.sign(actual[np.argmax(np.abs(actual))])
+
+
+def test_influence_poisons_keep_their_labels_and_budget_and_raise_the_target_loss(data):
+    from bench.poisoning import TARGETED
+    from bench.poisoning import influence as inf
+
+    keep = np.isin(data.y_train, [3, 8])
+    X, y = data.x_train[keep].reshape(int(keep.sum()), -1), (data.y_train[keep] == 8).astype(np.float32)
+    test = np.flatnonzero(np.isin(data.y_test, [3, 8]))[0]
+    x_t, y_t = data.x_test[test].reshape(-1), float(data.y_test[test] == 8)
+    eps = 0.3
+    poisoned, _ = TARGETED["influence"](n_poisons=2, eps=eps, steps=10, lam=1e-3)(X, y, x_t, y_t)
+    np.testing.assert_array_equal(poisoned.y, y)  # clean-label
+    assert np.abs(poisoned.x - X).max() <= eps + 1e-6 and poisoned.x.min() >= 0 and poisoned.x.max() <= 1
+    assert 1 <= len(poisoned.indices) <= 2
+    np.testing.assert_array_equal(modified_indices(X, y, poisoned.x, poisoned.y), poisoned.indices)
+    before = inf.test_loss(inf.fit(X, y, 1e-3), x_t, y_t)
+    after = inf.test_loss(inf.fit(poisoned.x, y, 1e-3), x_t, y_t)
+    assert after > 5 * before, (before, after)  # the target's loss rises (a wrong sign would lower it)

@@ -13,6 +13,7 @@ from bench.poisoning.activation_clustering import activation_clustering
 from bench.poisoning.badnets import badnets
 from bench.poisoning.base import PoisonedSet, attack_inputs, modified_indices
 from bench.poisoning.blend import blend
+from bench.poisoning.influence import influence_attack
 from bench.poisoning.label_flip import label_flip
 from bench.poisoning.spectral import spectral_signatures
 
@@ -23,10 +24,17 @@ ATTACKS = {
     "blend": blend,
 }
 
+# Targeted attacks on one test image at a time, each on its own convex victim (scenario.attack; rows
+# `targeted_success` over scenario.targets target images): a factory returning
+# (X, y, x_target, y_target) -> (PoisonedSet, flipped).
+TARGETED = {
+    "influence": influence_attack,
+}
+
 # Every filtering defense, one line each (scenario.filters).
 FILTERS = {
     "spectral_signatures": spectral_signatures,
     "activation_clustering": activation_clustering,
 }
 
-__all__ = ["ATTACKS", "FILTERS", "PoisonedSet", "attack_inputs", "modified_indices"]
+__all__ = ["ATTACKS", "FILTERS", "TARGETED", "PoisonedSet", "attack_inputs", "modified_indices"]

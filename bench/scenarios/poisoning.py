@@ -32,7 +32,7 @@ from omegaconf import MISSING
 from bench import evaluate, records, train
 from bench.errors import BenchError
 from bench.experiment import Experiment, Result
-from bench.poisoning import ATTACKS, FILTERS, attack_inputs, metrics, modified_indices
+from bench.poisoning import ATTACKS, FILTERS, TARGETED, attack_inputs, metrics, modified_indices
 from bench.poisoning.features import extract, features_fn
 
 
@@ -69,6 +69,8 @@ class Poisoning:
     activation_clustering: ActivationClustering = field(default_factory=ActivationClustering)
     clean_reference: bool = MISSING
     pictures: bool = MISSING
+    classes: List[int] = field(default_factory=lambda: [3, 8])  # targeted attacks: the binary pair (a -> 0, b -> 1)
+    targets: int = MISSING  # targeted attacks: target test images per seed
     streams: ClassVar[tuple[str, ...]] = ("init", "train", "poison", "filter", "targets")
 
     @staticmethod
@@ -88,8 +90,14 @@ class Poisoning:
         return list(write_poisoning_tables(frame, out).values())
 
     def make_attack(self):
+        if self.attack in TARGETED:
+            try:
+                return TARGETED[self.attack](**dict(self.args or {}))
+            except TypeError as err:
+                raise BenchError(f"scenario.args: {err}; check the keys against bench/poisoning/{self.attack}.py") \
+                    from None
         if self.attack not in ATTACKS:
-            raise BenchError(f"unknown scenario.attack '{self.attack}'; use one of {sorted(ATTACKS)}")
+            raise BenchError(f"unknown scenario.attack '{self.attack}'; use one of {sorted(ATTACKS) + sorted(TARGETED)}")
         args = dict(self.args or {})
         for key in ("ratio", "target"):
             if key in args:
@@ -105,7 +113,54 @@ class Poisoning:
             raise BenchError(f"unknown scenario.filters {unknown}; use any of {sorted(FILTERS)}")
         return {name: FILTERS[name](**asdict(getattr(self, name))) for name in self.filters}
 
+    def run_targeted(self, exp: Experiment) -> Result:
+        """A targeted attack (bench/poisoning/influence.py): `targets` test images of the pair `classes`, drawn
+        from those the clean victim classifies correctly (stream "targets"); one poisoning per target; rows:
+        the victim's clean accuracy on the pair and the targeted success over the targets (listed in `targets`)."""
+        from bench.poisoning import influence
+
+        data = exp.data
+        if len(self.classes) != 2 or len(set(self.classes)) != 2:
+            raise BenchError(f"scenario.classes must be two different classes, got {list(self.classes)}")
+        a, b = (int(c) for c in self.classes)
+        attack = self.make_attack()
+        pick = lambda x, y: (x[np.isin(y, [a, b])].reshape(int(np.isin(y, [a, b]).sum()), -1),
+                             (y[np.isin(y, [a, b])] == b).astype(np.float32))
+        X, y = pick(data.x_train, data.y_train)
+        X_test, y_test = pick(data.x_test, data.y_test)
+        if len(y) == 0 or len(y_test) == 0:
+            raise BenchError(f"scenario.classes {[a, b]}: no images of these classes in {data.name}")
+        lam = float(dict(self.args or {}).get("lam", 0.01))
+        started = time.perf_counter()
+        clean_pred = influence.predict(influence.fit(X, y, lam), X_test)
+        correct = np.flatnonzero(clean_pred == y_test)
+        count = int(self.targets)
+        if not 1 <= count <= len(correct):
+            raise BenchError(f"scenario.targets must be in 1..{len(correct)} (correctly classified test images of "
+                             f"the pair), got {count}")
+        chosen = np.sort(exp.rng("targets").choice(correct, size=count, replace=False))
+        flips, ratios = [], []
+        for j in chosen:
+            poisoned, flipped = attack(X, y, X_test[j], float(y_test[j]))
+            # clean-label and within budget, or no number
+            if not np.array_equal(poisoned.y, y) or np.abs(poisoned.x - X).max() > poisoned.info["eps"] + 1e-6:
+                raise RuntimeError(f"{poisoned.name}: a poison left its label or its L-inf budget")
+            flips.append(flipped)
+            ratios.append(poisoned.ratio)
+        seconds = time.perf_counter() - started
+        # the victim is the attack's own convex model, not the configured one: the rows say so
+        extra = dict(attack=poisoned.name, poison_ratio=float(np.mean(ratios)), target=-1, split="test",
+                     targets=",".join(map(str, chosen)), classes=f"{a},{b}", model="logistic_regression")
+        return Result([
+            records.row("clean_training", "clean_accuracy", np.mean(clean_pred == y_test), len(y_test),
+                        **{**extra, "poison_ratio": 0.0}),
+            records.row("poisoned", "targeted_success", metrics.targeted_success(np.array(flips), np.ones(count)),
+                        count, seconds=seconds, **extra),
+        ])
+
     def run(self, exp: Experiment) -> Result:
+        if self.attack in TARGETED:
+            return self.run_targeted(exp)
         data, t = exp.data, exp.train
         make_poisons, filters = self.make_attack(), self.make_filters()
         x_train, y_train = data.x_train, data.y_train
