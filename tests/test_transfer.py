@@ -173,3 +173,42 @@ def test_papernot_blackbox_reaches_cleverhans_thresholds_on_mnist5k(tmp_path):
         "transfer", "oracle_accuracy")
     print(f"oracle {oracle:.3f}, substitute {substitute:.3f}, oracle on transferred {transferred:.3f}")
     assert oracle > 0.7 and substitute > 0.7 and transferred < 0.3
+
+
+# ---- transfer as a sanity check of an evasion evaluation ----------------------------------------------------------
+
+def test_transfer_check_flags_a_gradient_masked_model_and_not_an_honest_one():
+    import optax
+
+    from bench import models, sanity, train
+    from bench.defenses import standard
+
+    data = load_digits()
+    module = models.mlp(10, data.mean, data.std, hidden=(64,))
+    logits_fn = models.make_logits_fn(module)
+    params, _ = train.train(standard(logits_fn), models.init_params(module, jax.random.key(0), data.image_shape),
+                            optax.adam(3e-3), data.x_train, data.y_train, epochs=15, batch_size=64,
+                            key=jax.random.key(1), progress=False)
+    # the same function behind a gradient-free quantisation of its input: white-box gradients vanish
+    masked = lambda p, x: logits_fn(p, jax.lax.stop_gradient(jnp.round(x * 4) / 4) + 0 * x)
+    x, y = data.x_test[:200], data.y_test[:200]
+    suite = evaluate.build_suite({"pgd": partial_pgd()}, "linf", [0.3])
+    flags = {}
+    for name, fn in (("masked", masked), ("honest", logits_fn)):
+        outcome = evaluate.run_suite(fn, params, x, y, suite, "linf", jax.random.key(2), batch_size=200)
+        rows = sanity.transfer_check(fn, params, x, y, suite, "linf", jax.random.key(3), outcome,
+                                     (logits_fn, params), batch_size=200)
+        flags[name] = next(r for r in rows if r["metric"] == "transfer_beats_white_box")
+        combined = next(r for r in rows if r["evaluator"] == "transfer_check")["value"]
+        white = next(r for r in outcome.rows if r["evaluator"] == "worst_case")["value"]
+        assert combined <= white  # transfer can only lower the robust accuracy
+    assert flags["masked"]["value"] == 1.0, flags["masked"]["reason"]
+    assert flags["honest"]["value"] == 0.0, flags["honest"]["reason"]
+
+
+def partial_pgd():
+    from functools import partial
+
+    from bench.attacks import pgd
+
+    return partial(pgd, steps=20)

@@ -7,15 +7,18 @@
    worst case (bench/evaluate.py), then the gradient-masking sanity checks (bench/sanity.py); every
    row says which split it was measured on (`split`);
 3. with `suite.certifiers`: certified accuracy next to robust accuracy, and the soundness check
-   (an example certified and broken fails the run, after its records are written).
+   (an example certified and broken fails the run, after its records are written);
+4. with `scenario.transfer_check.surrogate` (an architecture of bench/models.py): a surrogate trained
+   independently with standard training; the suite's gradient attacks crafted on it flag the evaluation
+   when they break examples the white-box attacks did not (bench/sanity.py, `transfer_check`).
 Table: robustness vs accuracy (bench/report.py, `evasion_table`).
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import ClassVar, Optional
 
 import jax
 import pandas as pd
@@ -27,12 +30,21 @@ from bench.experiment import Experiment, Result
 
 
 @dataclass
+class TransferCheck:
+    """A surrogate model to transfer the suite's attacks from (null surrogate: no transfer check)."""
+
+    surrogate: Optional[str] = None   # an architecture of bench/models.py (MODELS)
+    epochs: Optional[int] = None      # default train.epochs
+
+
+@dataclass
 class Evasion:
     """Test-time attacks (and certifiers) against a trained model. The attacks live in `suite:`."""
 
     _target_: str = MISSING  # the yaml names this class (Hydra reads it; the schema only types it)
     name: str = "evasion"
-    streams: ClassVar[tuple[str, ...]] = ("init", "train", "attack")
+    transfer_check: TransferCheck = field(default_factory=TransferCheck)
+    streams: ClassVar[tuple[str, ...]] = ("init", "train", "attack", "surrogate")
 
     @staticmethod
     def defense_label(defense: str) -> str:
@@ -116,6 +128,8 @@ class Evasion:
                                          jax.random.fold_in(attack_key, 0x5A17), outcome,
                                          batch_size=suite_cfg.batch_size, n_examples=suite_cfg.sanity_examples,
                                          progress=exp.progress)
+        if self.transfer_check.surrogate is not None:
+            rows += self._transfer_check(exp, logits_fn, params, x_eval, y_eval, suite, outcome)
         rows.append(records.row("train", "seconds", train_seconds, len(data.y_train), seconds=train_seconds))
         rows += train_rows
         failure = None
@@ -134,3 +148,28 @@ class Evasion:
         for row in rows:  # which split each number was measured on: the test split is for reported numbers only
             row.setdefault("split", "none" if row["evaluator"] == "train" else suite_cfg.split)
         return Result(rows, history, failure)
+
+    def _transfer_check(self, exp, logits_fn, params, x_eval, y_eval, suite, outcome) -> list[dict]:
+        """Train the surrogate (standard training, its own streams) and run bench.sanity.transfer_check."""
+        from functools import partial
+
+        from bench.defenses import standard
+        from bench.errors import BenchError
+
+        check, t = self.transfer_check, exp.train
+        if check.surrogate not in models.MODELS:
+            raise BenchError(f"scenario.transfer_check.surrogate={check.surrogate}: unknown; use one of "
+                             f"{sorted(models.MODELS)} (or null: no transfer check)")
+        surrogate = exp.build_model(exp.key("surrogate"), partial(models.MODELS[check.surrogate]))
+        epochs = t.epochs if check.epochs is None else int(check.epochs)
+        print(f"transfer check: training the surrogate ({check.surrogate}, {epochs} epochs)", file=sys.stderr)
+        s_params, _ = train.train(
+            standard(surrogate.logits_fn), surrogate.params,
+            t.optimizer(epochs * train.steps_per_epoch(len(exp.data.y_train), t.batch_size)), exp.data.x_train,
+            exp.data.y_train, epochs=epochs, batch_size=t.batch_size,
+            key=jax.random.fold_in(exp.key("surrogate"), 1), progress=exp.progress,
+            checkpointer=exp.checkpointer("surrogate"))
+        return sanity.transfer_check(logits_fn, params, x_eval, y_eval, suite, exp.suite.norm,
+                                     jax.random.fold_in(exp.key("surrogate"), 2), outcome,
+                                     (surrogate.logits_fn, s_params), batch_size=exp.suite.batch_size,
+                                     progress=exp.progress)
