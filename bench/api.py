@@ -92,6 +92,45 @@ class PredictionAPI:
         return probs
 
 
+def _normalised(q: np.ndarray) -> np.ndarray:
+    q = np.clip(q, 0.0, None)
+    total = q.sum(axis=1, keepdims=True)
+    return np.where(total > 0, q / np.where(total > 0, total, 1.0), 1.0 / q.shape[1])
+
+
+def gaussian_noise(sigma: float = 0.1):
+    """API defense: Gaussian noise of std `sigma` on every score, clipped at 0 and renormalised."""
+    if float(sigma) < 0:
+        raise BenchError(f"gaussian_noise needs sigma >= 0, got {sigma}")
+
+    def defend(probs, rng):
+        return _normalised(probs + rng.normal(0.0, float(sigma), probs.shape))
+
+    return defend
+
+
+def reverse_sigmoid(beta: float = 1.0, gamma: float = 0.1):
+    """API defense of Lee et al. 2019 ("Defending Against NN Model Stealing Attacks Using Deceptive
+    Perturbations"): y' = alpha * (y - beta * (s(gamma * s^-1(y)) - 1/2)), s the sigmoid, alpha normalising
+    the row to a distribution. It keeps scores useless to an attacker's gradient while it mostly keeps the
+    top class."""
+    if float(beta) < 0 or float(gamma) <= 0:
+        raise BenchError(f"reverse_sigmoid needs beta >= 0 and gamma > 0, got beta={beta}, gamma={gamma}")
+
+    def defend(probs, rng):
+        p = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)
+        inverse = np.log(p / (1 - p))
+        perturbation = float(beta) * (1.0 / (1.0 + np.exp(-float(gamma) * inverse)) - 0.5)
+        return _normalised(p - perturbation).astype(np.float32)
+
+    return defend
+
+
+# API defenses by name (the theft scenario's `api.defense`); each a factory of keyword parameters returning
+# (probabilities, rng) -> probabilities. Rounding and top-1 are output modes (`rounded`, `top_k` with k=1).
+API_DEFENSES = {"noise": gaussian_noise, "reverse_sigmoid": reverse_sigmoid}
+
+
 def flax_predictor(logits_fn, params, batch_size: int = 1000) -> Callable[[np.ndarray], np.ndarray]:
     """`predict_proba` of a Flax model: softmax of its logits, batched."""
     import jax
@@ -105,4 +144,5 @@ def flax_predictor(logits_fn, params, batch_size: int = 1000) -> Callable[[np.nd
     return predict_proba
 
 
-__all__ = ["MODES", "PredictionAPI", "QueryBudgetExceeded", "QueryLog", "flax_predictor"]
+__all__ = ["API_DEFENSES", "MODES", "PredictionAPI", "QueryBudgetExceeded", "QueryLog", "flax_predictor",
+           "gaussian_noise", "reverse_sigmoid"]

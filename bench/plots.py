@@ -2,6 +2,7 @@
 
 - `transfer_heatmap`: a transfer matrix (sources x targets) as a heatmap with the value in every cell;
 - `query_curve`: a metric against the queries spent (the black-box substitute attack), one line per attack;
+- `budget_curves`: a stolen copy's accuracy and fidelity against its query budget (model theft);
 - `linearity_plot`: Goodfellow, Shlens & Szegedy 2015's "wrong almost everywhere" figure: every class
   logit of one image along the FGSM direction sign(grad) and along a random sign direction, for eps from
   -1 to 1 (inputs not clipped to [0, 1]: the figure shows the model's near-linear response, not a threat).
@@ -105,4 +106,25 @@ def query_curve(path: Path, curve, title: str = "") -> Path:
     return path
 
 
-__all__ = ["linearity_plot", "query_curve", "transfer_heatmap"]
+def budget_curves(path: Path, rows, title: str = "") -> Path:
+    """rows: a stolen copy's metrics (accuracy, agreement_test, ...) against its query budget; one line each."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for metric, cells in rows.groupby("metric", sort=False):
+        points = cells.groupby("budget")["value"].mean()
+        ax.plot(points.index, 100 * points.to_numpy(), marker="o", label=metric.replace("_", " "))
+    ax.set_xscale("log")
+    ax.set_xlabel("queries (budget)")
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+__all__ = ["budget_curves", "linearity_plot", "query_curve", "transfer_heatmap"]

@@ -27,6 +27,7 @@ SCENARIOS = {name: _load(target) for name, target in {
     "physical": "bench.scenarios.physical.Physical",
     "transfer": "bench.scenarios.transfer.Transfer",
     "blackbox": "bench.scenarios.blackbox.BlackBox",
+    "theft": "bench.scenarios.theft.Theft",
 }.items()}
 
 

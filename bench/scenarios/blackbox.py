@@ -30,16 +30,14 @@ from functools import partial
 from typing import Any, ClassVar, Dict, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 import pandas as pd
 from omegaconf import MISSING
 
 from bench import api, evaluate, models, records, train
-from bench.defenses import standard
 from bench.errors import BenchError
 from bench.experiment import Experiment, Result
+from bench.substitute import fit_copy, jacobian_augment
 
 
 @dataclass
@@ -147,8 +145,9 @@ class BlackBox:
             y_sub = ask(x_sub)
             for r in range(int(self.rounds)):
                 started = exp.seconds()
-                sub_params = _train_substitute(substitute.logits_fn, sub_params, x_sub, y_sub, sub_spec,
-                                               jax.random.fold_in(exp.key("substitute"), r + 1), exp.progress)
+                sub_params = fit_copy(substitute.logits_fn, sub_params, x_sub, y_sub, epochs=sub_spec.epochs,
+                                      batch_size=sub_spec.batch_size, learning_rate=sub_spec.learning_rate,
+                                      key=jax.random.fold_in(exp.key("substitute"), r + 1), progress=exp.progress)
                 sub_acc = evaluate.accuracy(substitute.logits_fn, sub_params, x_eval, y_eval)
                 rows.append(records.row("substitute", "accuracy", sub_acc, len(y_eval), round=r + 1,
                                         queries=oracle_api.queries, train_size=len(y_sub),
@@ -169,7 +168,7 @@ class BlackBox:
                       f"substitute accuracy {sub_acc:.4f}", file=sys.stderr)
                 if r + 1 < int(self.rounds):  # Jacobian-based dataset augmentation, labelled by the oracle
                     step = int(self.first_sign) * float(self.lmbda) * (-1) ** (r // int(self.flip_every))
-                    x_new = _jacobian_augment(substitute.logits_fn, sub_params, x_sub, y_sub, step,
+                    x_new = jacobian_augment(substitute.logits_fn, sub_params, x_sub, y_sub, step,
                                               batch_size=suite_cfg.batch_size)
                     y_new = ask(x_new)
                     x_sub, y_sub = np.concatenate([x_sub, x_new]), np.concatenate([y_sub, y_new])
@@ -190,38 +189,6 @@ class BlackBox:
         for row in rows:
             row.setdefault("split", suite_cfg.split)
         return Result(rows, history, failure)
-
-
-def _train_substitute(logits_fn, params, x, y, spec: Substitute, key, progress: bool):
-    """One round of substitute training: `spec.epochs` passes of ceil(n / batch) batches (the last one wrapped
-    around to the first images, as cleverhans does), continuing from `params` with a fresh Adam."""
-    n, bs = len(y), int(spec.batch_size)
-    per_epoch = -(-n // bs)
-
-    def sampler(epoch, epoch_rng):
-        order = epoch_rng(epoch).permutation(n)
-        order = np.concatenate([order, order[: per_epoch * bs - n]])
-        return [order[b * bs:(b + 1) * bs] for b in range(per_epoch)]
-
-    params, _ = train.train(standard(logits_fn), params, optax.adam(float(spec.learning_rate)), x, y,
-                            epochs=int(spec.epochs), batch_size=bs, key=key, progress=progress, sampler=sampler)
-    return params
-
-
-@partial(jax.jit, static_argnames=("logits_fn",))
-def _label_logit_sign(logits_fn, params, x, y):
-    grad = jax.grad(lambda v: jnp.take_along_axis(logits_fn(params, v), y[:, None], axis=1).sum())(x)
-    return jnp.sign(grad)
-
-
-def _jacobian_augment(logits_fn, params, x, y, step: float, batch_size: int = 1000) -> np.ndarray:
-    """x + step * sign(dZ_y/dx) for every held image (Z: the substitute's logits, y: the oracle's label)."""
-    out = np.empty_like(x)
-    for start in range(0, len(x), batch_size):
-        s = slice(start, start + batch_size)
-        direction = np.asarray(_label_logit_sign(logits_fn, params, jnp.asarray(x[s]), jnp.asarray(y[s])))
-        out[s] = np.clip(x[s] + step * direction, 0.0, 1.0)
-    return out
 
 
 def blackbox_table(frame: pd.DataFrame) -> pd.DataFrame:

@@ -1,0 +1,332 @@
+"""The `theft` scenario: steal a model through its prediction API, and use the copy to attack it.
+
+1. The victim, trained on one part of the training split (`victim_share`): the configured model and defense
+   (`victim: model`), or multinomial logistic regression on pixels (`victim: logreg`, Tramer et al.'s softmax
+   regression). It answers only through `bench.api.PredictionAPI` (`api.output`: probabilities, top_k,
+   label, rounded; `api.defense`: noise or reverse_sigmoid, bench/api.py). 1 query = 1 input.
+2. The thief's inputs (`query_set`): `in_distribution` (the rest of the training split, never seen by the
+   victim), `other` (the other offline dataset resized to the victim's input: scikit-learn digits for an
+   mnist5k victim and back), `uniform` (uniform random images, as Tramer et al.), or `synthetic`
+   (Papernot et al.'s Jacobian-based augmentation from `seeds` in-distribution images, grown with a copy
+   trained along the way). The largest budget's inputs are asked once; budget B uses the first B answers.
+3. Extraction (`method`):
+   - `equations` (Tramer, Zhang, Juels, Reiter & Ristenpart 2016, "Stealing Machine Learning Models via
+     Prediction APIs"): softmax regression from probabilities by solving log p_i(x) - log p_0(x) =
+     (w_i - w_0) x + (b_i - b_0), linear in the unknowns, by least squares over the queries (exact up to the
+     softmax's shift invariance once there are d + 1 independent queries; their count is c (d + 1));
+   - `copycat` (Correia-Silva et al. 2018; Knockoff Nets' random selection, Orekondy et al. 2019; for an
+     MLP victim on uniform queries with probabilities, Tramer et al.'s MLP extraction): a fresh copy
+     (`copy.arch`) trained on the answers, soft labels when the API gives scores, with the same number of
+     optimizer steps (`copy.steps`) at every budget, so the curve measures the queries, not the recipe.
+4. Per budget: the copy's test accuracy, its agreement with the victim on the test split (R_test, the
+   fidelity) and on uniform random inputs (R_unif), and the mean total variation distance between their
+   output distributions on the test split (Tramer et al.'s three metrics; the victim's own undefended
+   outputs, read directly, not through the API). With `theft_plus`: the copy as the substitute of a
+   transfer attack (the suite's attacks crafted on it), the victim's error rate on those examples over the
+   ones it classifies correctly clean, next to the white-box attack's on the victim itself.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, ClassVar, Dict, List, Optional
+
+import jax
+import numpy as np
+import pandas as pd
+from omegaconf import MISSING
+
+from bench import api, data as datasets, evaluate, learners, models, records, train
+from bench.errors import BenchError
+from bench.experiment import Experiment, Result
+from bench.substitute import fit_copy, jacobian_augment
+
+VICTIMS = ("model", "logreg")
+METHODS = ("equations", "copycat")
+QUERY_SETS = ("in_distribution", "other", "uniform", "synthetic")
+
+
+@dataclass
+class ApiSpec:
+    output: str = MISSING
+    k: int = MISSING
+    decimals: int = MISSING
+    defense: Optional[str] = MISSING
+    defense_args: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CopySpec:
+    arch: Optional[str] = MISSING            # bench/models.py MODELS (null: the configured model=)
+    model_args: Dict[str, Any] = field(default_factory=dict)
+    steps: int = MISSING
+    batch_size: int = MISSING
+    learning_rate: float = MISSING
+
+
+@dataclass
+class Theft:
+    """Model theft through a prediction API: the parameters of conf/scenario/theft.yaml."""
+
+    _target_: str = MISSING  # the yaml names this class (Hydra reads it; the schema only types it)
+    name: str = "theft"
+    victim: str = MISSING
+    victim_share: float = MISSING
+    method: str = MISSING
+    query_set: str = MISSING
+    budgets: List[int] = field(default_factory=list)
+    seeds: int = MISSING
+    api: ApiSpec = field(default_factory=ApiSpec)
+    copy: CopySpec = field(default_factory=CopySpec)
+    n_uniform: int = MISSING
+    theft_plus: bool = MISSING
+    pictures: bool = MISSING
+    streams: ClassVar[tuple[str, ...]] = ("init", "train", "split", "queries", "copy", "api", "attack", "uniform")
+
+    def defense_label(self, defense: str) -> str:
+        return defense if self.victim == "model" else self.victim
+
+    @staticmethod
+    def table(frame: pd.DataFrame) -> pd.DataFrame:
+        return theft_table(frame)
+
+    @staticmethod
+    def write_tables(frame: pd.DataFrame, out) -> list:
+        out = Path(out)
+        table = theft_table(frame)
+        text = ["# Model theft through prediction APIs", "",
+                "Per budget: the copy's test accuracy, its agreement with the victim on the test split (R_test, "
+                "fidelity) and on uniform random inputs (R_unif), the mean total variation distance to the victim's "
+                "outputs, and with theft++ the victim's error rate on attacks crafted on the copy (over the "
+                "examples it classifies correctly clean; `white-box %`: the same attack crafted on the victim). "
+                "Written by bench/scenarios/theft.py from its records.", "", table.to_markdown(index=False), ""]
+        return [records.atomic_write_bytes(out / "theft.md", "\n".join(text).encode()),
+                records.atomic_write_bytes(out / "theft.csv", table.to_csv(index=False).encode())]
+
+    def _check(self, exp: Experiment) -> None:
+        for what, value, allowed in (("victim", self.victim, VICTIMS), ("method", self.method, METHODS),
+                                     ("query_set", self.query_set, QUERY_SETS), ("api.output", self.api.output, api.MODES)):
+            if value not in allowed:
+                raise BenchError(f"scenario.{what}={value}: use one of {list(allowed)}")
+        if self.api.defense is not None and self.api.defense not in api.API_DEFENSES:
+            raise BenchError(f"scenario.api.defense={self.api.defense}: use one of {sorted(api.API_DEFENSES)} or null")
+        if not self.budgets or min(self.budgets) < 1:
+            raise BenchError(f"scenario.budgets={list(self.budgets)}: give at least one budget >= 1, e.g. [100,1000]")
+        if self.method == "equations" and (self.victim != "logreg" or self.api.output != "probabilities"):
+            raise BenchError("scenario.method=equations solves softmax regression from its probabilities: set "
+                             "scenario.victim=logreg and scenario.api.output=probabilities (or method=copycat)")
+        if not 0 < float(self.victim_share) < 1:
+            raise BenchError(f"scenario.victim_share={self.victim_share} must be in (0, 1): the rest of the training "
+                             "split is the thief's in-distribution pool")
+        if self.copy.arch is not None and self.copy.arch not in models.MODELS:
+            raise BenchError(f"scenario.copy.arch={self.copy.arch}: use one of {sorted(models.MODELS)} or null")
+
+    def run(self, exp: Experiment) -> Result:
+        self._check(exp)
+        data, t, suite_cfg = exp.data, exp.train, exp.suite
+        order = exp.rng("split").permutation(len(data.y_train))
+        cut = int(round(float(self.victim_share) * len(order)))
+        own, pool = np.sort(order[:cut]), np.sort(order[cut:])
+        x_test, y_test = data.split(suite_cfg.split)
+        rows = []
+
+        # 1. the victim
+        started = exp.seconds()
+        if self.victim == "model":
+            model = exp.build_model()
+            print(f"theft: training the victim on {len(own)} images", file=sys.stderr)
+            v_params, _ = train.train(
+                exp.objective(model), model.params,
+                t.optimizer(t.epochs * train.steps_per_epoch(len(own), t.batch_size)), data.x_train[own],
+                data.y_train[own], epochs=t.epochs, batch_size=t.batch_size, key=exp.key("train"),
+                progress=exp.progress, checkpointer=exp.checkpointer("victim"))
+            exp.save_params(v_params, model)
+            v_logits, victim_proba = model.logits_fn, api.flax_predictor(model.logits_fn, v_params)
+        else:
+            fitted = learners.fit("logreg", data.x_train[own], data.y_train[own], data.num_classes, seed=exp.seed,
+                                  max_iter=1000)
+            v_logits, v_params, victim_proba = fitted.logits_fn, fitted.params, fitted.predict_proba
+        rows.append(records.row("train", "seconds", exp.seconds() - started, len(own), target="victim"))
+        p_test = victim_proba(x_test)
+        rows.append(records.row("victim", "accuracy", float(np.mean(p_test.argmax(1) == y_test)), len(y_test)))
+        defenses = ([] if self.api.defense is None
+                    else [api.API_DEFENSES[self.api.defense](**self.api.defense_args)])
+        oracle = api.PredictionAPI(victim_proba, mode=self.api.output, k=self.api.k, decimals=self.api.decimals,
+                                   defenses=defenses, seed=int(exp.rng("api").integers(2**31)))
+        x_unif = exp.rng("uniform").random((int(self.n_uniform), *data.image_shape), dtype=np.float32)
+        p_unif = victim_proba(x_unif)
+
+        # 2. the thief's queries, asked once for the largest budget
+        top = max(int(b) for b in self.budgets)
+        copy_factory = None if self.copy.arch is None else partial(models.MODELS[self.copy.arch], **self.copy.model_args)
+        fresh_copy = lambda: exp.build_model(jax.random.fold_in(exp.key("copy"), 0), copy_factory)
+        x_query, answers = self._queries(exp, oracle, data, pool, top, fresh_copy)
+        rows.append(records.row("api", "queries", oracle.queries, len(oracle.log), output=self.api.output))
+
+        # white-box reference for theft++: the suite's attacks crafted on the victim itself
+        suite = evaluate.build_suite(suite_cfg.attacks, suite_cfg.norm, list(suite_cfg.eps)) if self.theft_plus else {}
+        n_attack = len(y_test) if suite_cfg.n_examples is None else min(int(suite_cfg.n_examples), len(y_test))
+        x_att, y_att = x_test[:n_attack], y_test[:n_attack]
+        correct = p_test[:n_attack].argmax(1) == y_att
+        for a_i, ((eps, name), attack) in enumerate(suite.items()):
+            x_adv = evaluate.craft(attack, v_logits, v_params, x_att, y_att, suite_cfg.norm, eps,
+                                   jax.random.fold_in(exp.key("attack"), a_i), batch_size=suite_cfg.batch_size)
+            pred = victim_proba(x_adv).argmax(1)
+            rows.append(records.row("white_box", "error_rate", float(np.mean(pred[correct] != y_att[correct])),
+                                    int(correct.sum()), norm=suite_cfg.norm, eps=eps, attack=name))
+
+        # 3. one copy per budget, from scratch
+        for budget in sorted(int(b) for b in self.budgets):
+            started = exp.seconds()
+            xb, ab = x_query[:budget], answers[:budget]
+            if self.method == "equations":
+                c_logits, c_params, extra = _solve_softmax_regression(xb, ab, data.num_classes, v_params)
+            else:
+                copy = fresh_copy()
+                epochs = max(1, -(-int(self.copy.steps) // max(1, -(-budget // int(self.copy.batch_size)))))
+                c_params = fit_copy(copy.logits_fn, copy.params, xb, ab, epochs=epochs,
+                                    batch_size=self.copy.batch_size, learning_rate=self.copy.learning_rate,
+                                    key=jax.random.fold_in(exp.key("copy"), budget), progress=exp.progress)
+                c_logits, extra = copy.logits_fn, {}
+            seconds = exp.seconds() - started
+            q_test = _softmax(evaluate.logits(c_logits, c_params, x_test))
+            q_unif = _softmax(evaluate.logits(c_logits, c_params, x_unif))
+            common = dict(budget=budget, queries=budget, method=self.method, query_set=self.query_set,
+                          api_output=self.api.output, api_defense=self.api.defense or "none")
+            rows += [records.row("copy", "accuracy", float(np.mean(q_test.argmax(1) == y_test)), len(y_test),
+                                 seconds=seconds, **common),
+                     records.row("copy", "agreement_test", float(np.mean(q_test.argmax(1) == p_test.argmax(1))),
+                                 len(y_test), **common),
+                     records.row("copy", "agreement_uniform", float(np.mean(q_unif.argmax(1) == p_unif.argmax(1))),
+                                 len(x_unif), **common),
+                     records.row("copy", "total_variation", float(0.5 * np.abs(q_test - p_test).sum(1).mean()),
+                                 len(y_test), **common)]
+            rows += [records.row("copy", k, v, len(xb), **common) for k, v in extra.items()]
+            for a_i, ((eps, name), attack) in enumerate(suite.items()):  # theft++: the copy as a substitute
+                x_adv = evaluate.craft(attack, c_logits, c_params, x_att, y_att, suite_cfg.norm, eps,
+                                       jax.random.fold_in(jax.random.fold_in(exp.key("attack"), budget), a_i),
+                                       batch_size=suite_cfg.batch_size)
+                pred = victim_proba(x_adv).argmax(1)
+                rows.append(records.row("theft_plus", "error_rate", float(np.mean(pred[correct] != y_att[correct])),
+                                        int(correct.sum()), norm=suite_cfg.norm, eps=eps, attack=name, **common))
+            print(f"theft: budget {budget}: copy accuracy {np.mean(q_test.argmax(1) == y_test):.4f}, agreement "
+                  f"{np.mean(q_test.argmax(1) == p_test.argmax(1)):.4f}", file=sys.stderr)
+        if self.pictures:
+            from bench import plots
+
+            path = plots.budget_curves(exp.run_dir / "theft_budgets.png", pd.DataFrame(
+                [r for r in rows if r["evaluator"] == "copy" and r["metric"] in ("accuracy", "agreement_test")]),
+                title=f"{self.method}, {self.query_set} queries, API {self.api.output}"
+                      + (f" + {self.api.defense}" if self.api.defense else ""))
+            print(f"pictures: {path}", file=sys.stderr)
+        for row in rows:
+            row.setdefault("split", "none" if row["evaluator"] in ("train", "api") else suite_cfg.split)
+        return Result(rows, [], None)
+
+    def _queries(self, exp, oracle, data, pool, top, fresh_copy):
+        """The thief's `top` inputs and the API's answers to them (labels, or score rows)."""
+        rng = exp.rng("queries")
+        if self.query_set == "in_distribution":
+            if top > len(pool):
+                raise BenchError(f"scenario.budgets up to {top} need that many in-distribution images, but the "
+                                 f"thief's pool has {len(pool)}; lower the budgets or scenario.victim_share, or use "
+                                 "query_set=uniform|synthetic|other")
+            x = data.x_train[rng.permutation(pool)[:top]]
+        elif self.query_set == "uniform":
+            x = rng.random((top, *data.image_shape), dtype=np.float32)
+        elif self.query_set == "other":
+            other = datasets.digits() if data.name != "digits" else datasets.mnist5k()
+            x_other = np.concatenate([other.x_train, other.x_test])
+            if top > len(x_other):
+                raise BenchError(f"scenario.budgets up to {top} exceed the {len(x_other)} images of {other.name}")
+            x = _resize(x_other[rng.permutation(len(x_other))[:top]], data.image_shape)
+        else:  # synthetic: Jacobian-based augmentation grown with a copy trained along the way
+            x = data.x_train[rng.permutation(pool)[: min(int(self.seeds), top)]]
+            answers = [oracle.query(x)]
+            r = 0
+            while len(x) < top:
+                labels = np.concatenate([_labels(a) for a in answers])
+                copy = fresh_copy()
+                params = fit_copy(copy.logits_fn, copy.params, x, labels, epochs=10,
+                                  batch_size=self.copy.batch_size, learning_rate=self.copy.learning_rate,
+                                  key=jax.random.fold_in(exp.key("copy"), 10_000 + r))
+                new = jacobian_augment(copy.logits_fn, params, x, labels, 0.1 * (-1) ** (r // 3))[: top - len(x)]
+                x = np.concatenate([x, new])
+                answers.append(oracle.query(new))
+                r += 1
+            return x, _as_answers(np.concatenate(answers))
+        return x, _as_answers(oracle.query(x))
+
+
+def _as_answers(answer):
+    """Integer labels (label-only API) or float score rows, as the copy trains on them."""
+    return answer.astype(np.int32) if answer.ndim == 1 else answer.astype(np.float32)
+
+
+def _labels(answer):
+    return answer.astype(np.int32) if answer.ndim == 1 else answer.argmax(1).astype(np.int32)
+
+
+def _softmax(z):
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _resize(x, shape):
+    import jax.image
+
+    h, w, c = shape
+    if x.shape[-1] != c:
+        x = x.mean(axis=-1, keepdims=True) if c == 1 else np.repeat(x, c, axis=-1)
+    out = jax.image.resize(x, (len(x), h, w, c), method="linear")
+    return np.clip(np.asarray(out), 0.0, 1.0).astype(np.float32)
+
+
+def _solve_softmax_regression(x, probs, num_classes, victim_params):
+    """Tramer et al.'s equation solving for softmax regression: least squares on the log-probability ratios to
+    class 0. Returns the copy's (logits_fn, params) and, against the victim's parameters (shifted the same way),
+    the largest absolute parameter error."""
+    flat = np.asarray(x, np.float64).reshape(len(x), -1)
+    design = np.concatenate([flat, np.ones((len(flat), 1))], axis=1)
+    logp = np.log(np.clip(np.asarray(probs, np.float64), 1e-300, None))
+    ratios = logp - logp[:, :1]
+    solution, *_ = np.linalg.lstsq(design, ratios, rcond=None)   # (d + 1, classes)
+    w, b = solution[:-1].T.astype(np.float32), solution[-1].astype(np.float32)
+    params = {"w": jax.numpy.asarray(w), "b": jax.numpy.asarray(b)}
+    v_w, v_b = np.asarray(victim_params["w"], np.float64), np.asarray(victim_params["b"], np.float64)
+    error = max(np.abs((v_w - v_w[:1]) - w).max(), np.abs((v_b - v_b[0]) - b).max())
+    return learners.linear_logits, params, {"max_param_error": float(error)}
+
+
+def theft_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows: victim, API output and defense, method, query set, budget; columns: accuracy, R_test, R_unif, TV,
+    theft++ success next to the white-box attack's (in %; seeds averaged)."""
+    copy = frame[frame.evaluator == "copy"]
+    if copy.empty:
+        return pd.DataFrame()
+    keys = ["defense", "api_output", "api_defense", "method", "query_set", "budget"]
+    wide = copy.pivot_table(index=keys, columns="metric", values="value", aggfunc="mean").reset_index()
+    wide["budget"] = wide["budget"].astype(int)
+    names = {"accuracy": "accuracy %", "agreement_test": "R_test %", "agreement_uniform": "R_unif %",
+             "total_variation": "TV"}
+    if "max_param_error" in wide:  # equations: against the victim's parameters, shifted the same way
+        wide["max_param_error"] = wide["max_param_error"].map(lambda v: "" if v != v else f"{v:.1e}")
+    for metric, label in names.items():
+        if metric in wide:
+            wide[label] = (wide.pop(metric) * (1 if metric == "total_variation" else 100)).round(4 if label == "TV" else 2)
+    plus = frame[frame.evaluator == "theft_plus"]
+    if not plus.empty:
+        attacks = plus.groupby(keys + ["attack", "eps"])["value"].mean().reset_index()
+        for (attack, eps), cells in attacks.groupby(["attack", "eps"]):
+            label = f"theft++ {attack} {eps:g} %"
+            wide = wide.merge(cells[keys + ["value"]].rename(columns={"value": label}), on=keys, how="left")
+            wide[label] = (100 * wide[label]).round(2)
+            white = frame[(frame.evaluator == "white_box") & (frame.attack == attack) & (frame.eps == eps)]
+            wide[f"white-box {attack} {eps:g} %"] = round(100 * white.value.mean(), 2)
+    victim = frame[frame.evaluator == "victim"].value.mean()
+    wide.insert(0, "victim %", round(100 * victim, 2))
+    return wide.rename(columns={"defense": "victim"})
