@@ -81,8 +81,9 @@ def eot_core(logits_fn, params, x, y, key, eps, step_size, *, transform, norm: N
             best, grad = keep_best(best, x_adv, jax.random.fold_in(k, i + 1))
             return project(x, x_adv + step_size * ascent_direction(grad, norm), norm, eps), best
 
-        x_adv, best = jax.lax.fori_loop(0, steps, step, (x_adv, best))
-        best, _ = keep_best(best, x_adv, jax.random.fold_in(k, steps + 1))
+        # steps + 1 scorings (the start and every step's result); the update after the last one is never used,
+        # which traces the expectation once instead of twice
+        _, best = jax.lax.fori_loop(0, steps + 1, step, (x_adv, best))
         return best
 
     best = (x, jnp.zeros((n,), bool), jnp.full((n,), -1.0, x.dtype), jnp.full((n,), -jnp.inf, x.dtype))

@@ -5,8 +5,8 @@
 1. train the configured model with the configured defense (or load `load_params`), as evasion does;
 2. craft adversarial examples on `suite.split` with every attack of the suite (`python -m bench scenario=physical
    suite=fgsm_pgd`: FGSM and PGD) and with EOT-PGD (bench/attacks/eot.py, `eot:`), which ascends the expected
-   loss over the transformation distribution `eot.transform`, at every suite epsilon; every batch is checked
-   against its threat model;
+   loss over the transformation distribution `eot.transform` (a label of `transforms`, by default the composed
+   `photo`), at every suite epsilon; every batch is checked against its threat model;
 3. pass the clean and the adversarial images through each transformation of `transforms` (bench/transforms.py:
    affine, blur, brightness/contrast, noise, quantisation, JPEG and their compositions), `draws` fresh draws
    each (stream "transform"; the same draws for every attack, so attacks are compared on the same photographs),
@@ -56,7 +56,7 @@ class EOT:
     step_size: Optional[float] = MISSING
     samples: int = MISSING
     restarts: int = MISSING
-    transform: Dict[str, Optional[Dict[str, Any]]] = MISSING  # {name: {keyword: value} or null}, in order
+    transform: str = MISSING  # a label of the scenario's `transforms`, else a spec of names such as "blur+noise"
 
 
 @dataclass
@@ -123,11 +123,13 @@ class Physical:
         suite = evaluate.build_suite({a: s.attacks[a] for a in names}, s.norm, list(s.eps)) if names else {}
         if self.eot is not None:
             e = self.eot
+            spec = self.transforms[e.transform] if e.transform in self.transforms else e.transform
             try:
                 eot = {eps: eot_pgd(norm=s.norm, eps=eps, steps=e.steps, step_size=e.step_size, samples=e.samples,
-                                    restarts=e.restarts, transform=e.transform) for eps in sorted(set(s.eps))}
+                                    restarts=e.restarts, transform=spec) for eps in sorted(set(s.eps))}
             except BenchError as err:
-                raise BenchError(f"scenario.eot: {err}") from None
+                raise BenchError(f"scenario.eot: {err} (scenario.eot.transform is a label of scenario.transforms "
+                                 f"{list(self.transforms)} or a spec such as 'blur+noise')") from None
             suite.update({(eps, self.eot_name): attack for eps, attack in eot.items()})
         if not suite:
             raise BenchError("no attacks to run: scenario.attacks is empty and scenario.eot is null")
@@ -201,9 +203,7 @@ class Physical:
                 correct = np.stack([predict(logits_fn, params, x_adv, batch, transform=fn, key=k) == y
                                     for k in keys[label]])                    # (draws, n)
                 seconds = time.perf_counter() - t0
-                unfooled = (correct & fooled).sum(axis=1)                     # per draw
-                destruction = float(np.mean(unfooled / n_fooled)) if n_fooled else float("nan")
-                succeeded = float(np.mean((~correct & clean).sum(axis=1) / n_clean)) if n_clean else float("nan")
+                destruction, succeeded = destruction_rate(clean, adv_correct, correct)
                 survival[(eps, name, label)], success[(eps, name, label)] = 1 - destruction, succeeded
                 extra = dict(transform=label, draws=draws, **common)
                 rows += [records.row(name, "destruction_rate", destruction, n_fooled, seconds=seconds, **extra),
@@ -256,6 +256,24 @@ def _order(name: str, names: list[str], eot_name: str) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+
+def destruction_rate(clean: np.ndarray, adversarial: np.ndarray, transformed: np.ndarray) -> tuple[float, float]:
+    """Kurakin et al.'s destruction rate and the success rate under transformation, averaged over draws.
+
+    Args (booleans, classified correctly): clean (n,) the clean images, adversarial (n,) their adversarial
+      examples, transformed (draws, n) the transformed adversarial examples, one row per draw.
+    Returns (destruction, success): of the examples with clean correct and adversarial wrong, the share whose
+    transformed image is correct; of the clean-correct examples, the share whose transformed adversarial image
+    is wrong. NaN where the denominator is empty.
+    """
+    clean, adversarial = np.asarray(clean, bool), np.asarray(adversarial, bool)
+    transformed = np.asarray(transformed, bool).reshape(-1, len(clean))
+    fooled = clean & ~adversarial
+    n_fooled, n_clean = int(fooled.sum()), int(clean.sum())
+    destruction = float(np.mean((transformed & fooled).sum(axis=1) / n_fooled)) if n_fooled else float("nan")
+    success = float(np.mean((~transformed & clean).sum(axis=1) / n_clean)) if n_clean else float("nan")
+    return destruction, success
+
 
 @partial(jax.jit, static_argnames=("logits_fn", "transform"))
 def _predict_transformed(logits_fn, params, x, key, transform):
@@ -344,7 +362,7 @@ def write_physical_tables(frame: pd.DataFrame, out) -> list:
 
     out = Path(out)
     destruction = physical_table(frame, "destruction_rate")
-    parts = ["# Physical-world transformations (Kurakin et al. 2016)\n",
+    parts = ["# Physical-world transformations (Kurakin et al. 2016)",
              "## Destruction rate (%)\n\nOf the adversarial examples that fool the model (clean image classified "
              "correctly), the share a transformation un-fools, mean over fresh draws. Lower: the attack survives "
              "the transformation.\n\n" + to_markdown(destruction)]
