@@ -7,6 +7,9 @@ silhouette score is at least `silhouette_threshold` and the smaller cluster hold
 the class (the paper's relative-size and silhouette analyses); its smaller cluster is then flagged.
 Differences from the paper, stated: the reduction is PCA (the paper uses ICA), and k-means is Lloyd's
 algorithm with `restarts` k-means++ starts drawn from the defense's random stream.
+A limit of the relative-size rule, visible in the measurements: when the poisons are as many as the clean images
+of their class (all-to-one at a 10% ratio over 10 balanced classes puts about half of the target class's images
+there), neither cluster is smaller and the flagged one is a coin toss: TPR near 0 or near 1 depending on the seed.
 """
 
 from __future__ import annotations
