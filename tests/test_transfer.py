@@ -88,7 +88,7 @@ def test_crafted_examples_outside_their_ball_are_refused():
 # ---- the transfer matrix ------------------------------------------------------------------------------------------
 
 SMALL_MATRIX = ["scenario=transfer", "suite=fgsm_pgd", "suite.eps=[0.1]", "suite.n_examples=128",
-                "suite.attacks.fgsm.random_start=false", "+scenario.models.a.seed=0", "+scenario.models.b.seed=1",
+                "suite.attacks.fgsm.random_start=false", "suite.attacks.pgd.steps=5", "+scenario.models.a.seed=0", "+scenario.models.b.seed=1",
                 "+scenario.models.b.data=half_b", "+scenario.ensembles.ab.members=[a,b]",
                 "scenario.use=[a,b,logreg,tree,ab]", "scenario.targeted=true", "scenario.pictures=true"]
 
@@ -130,7 +130,7 @@ def test_transfer_refuses_a_tree_as_a_source(tmp_path):
 # ---- the black-box substitute attack ------------------------------------------------------------------------------
 
 BLACKBOX_DIGITS = ["scenario=blackbox", "suite=fgsm", "suite.eps=[0.2]", "scenario.seeds=100", "scenario.rounds=3",
-                   "scenario.substitute.batch_size=32", "scenario.substitute.epochs=3", "scenario.pictures=false"]
+                   "scenario.substitute.batch_size=32", "scenario.substitute.epochs=2", "scenario.pictures=false"]
 
 
 def test_substitute_training_is_deterministic_for_a_seed(tmp_path):
