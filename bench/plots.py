@@ -25,6 +25,16 @@ def _pyplot():
     return plt
 
 
+def _log_ticks(ax, values) -> None:
+    """A log x axis labelled at the measured points only (no overlapping minor labels)."""
+    from matplotlib.ticker import NullFormatter
+
+    values = sorted({int(v) for v in values})
+    ax.set_xscale("log")
+    ax.set_xticks(values, [f"{v:,}" for v in values], rotation=30, fontsize=7)
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def transfer_heatmap(path: Path, cells, title: str = "") -> Path:
     """cells: rows with source, target, value (a rate in [0, 1]); seeds are averaged."""
     plt = _pyplot()
@@ -92,7 +102,7 @@ def query_curve(path: Path, curve, title: str = "") -> Path:
     for (attack, eps), cells in curve.groupby(["attack", "eps"], sort=False):
         points = cells.groupby("queries")["value"].mean()
         ax.plot(points.index, 100 * points.to_numpy(), marker="o", label=f"{attack} eps {eps:g}")
-    ax.set_xscale("log")
+    _log_ticks(ax, curve["queries"])
     ax.set_xlabel("oracle queries")
     ax.set_ylabel("%")
     ax.set_ylim(0, 100)
@@ -113,7 +123,7 @@ def budget_curves(path: Path, rows, title: str = "") -> Path:
     for metric, cells in rows.groupby("metric", sort=False):
         points = cells.groupby("budget")["value"].mean()
         ax.plot(points.index, 100 * points.to_numpy(), marker="o", label=metric.replace("_", " "))
-    ax.set_xscale("log")
+    _log_ticks(ax, rows["budget"])
     ax.set_xlabel("queries (budget)")
     ax.set_ylabel("%")
     ax.set_ylim(0, 100)
