@@ -243,3 +243,26 @@ def test_influence_poisons_keep_their_labels_and_budget_and_raise_the_target_los
     before = inf.test_loss(inf.fit(X, y, 1e-3), x_t, y_t)
     after = inf.test_loss(inf.fit(poisoned.x, y, 1e-3), x_t, y_t)
     assert after > 5 * before, (before, after)  # the target's loss rises (a wrong sign would lower it)
+
+
+def test_feature_collision_poisons_keep_labels_and_budget_and_collide_with_the_target(data):
+    from bench.poisoning import TARGETED
+
+    module, logits_fn, params = _train(data, data.x_train, data.y_train, epochs=3)
+    fn = features_fn(module)
+    head = {"kernel": params["Dense_1"]["kernel"], "bias": params["Dense_1"]["bias"]}
+    target = int(np.flatnonzero(data.y_test == 1)[0])
+    eps = 0.2
+    attack = TARGETED["feature_collision"](n_poisons=2, eps=eps, steps=50, head_steps=20)
+    poisoned, _ = attack(fn, params, head, data.x_train, data.y_train, data.x_test[target], 0,
+                         np.random.default_rng(0))
+    np.testing.assert_array_equal(poisoned.y, data.y_train)  # clean-label: the bases keep their class 0
+    assert (data.y_train[poisoned.info["bases"]] == 0).all()
+    assert np.abs(poisoned.x - data.x_train).max() <= eps + 1e-6 and poisoned.x.min() >= 0 and poisoned.x.max() <= 1
+    np.testing.assert_array_equal(modified_indices(data.x_train, data.y_train, poisoned.x, poisoned.y),
+                                  poisoned.indices)
+    f_t = extract(fn, params, data.x_test[target:target + 1])
+    bases = poisoned.info["bases"]
+    before = np.linalg.norm(extract(fn, params, data.x_train[bases]) - f_t, axis=1)
+    after = np.linalg.norm(extract(fn, params, poisoned.x[bases]) - f_t, axis=1)
+    assert (after < 0.8 * before).all(), (before, after)  # the poisons moved towards the target in feature space

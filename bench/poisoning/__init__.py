@@ -13,6 +13,7 @@ from bench.poisoning.activation_clustering import activation_clustering
 from bench.poisoning.badnets import badnets
 from bench.poisoning.base import PoisonedSet, attack_inputs, modified_indices
 from bench.poisoning.blend import blend
+from bench.poisoning.feature_collision import feature_collision
 from bench.poisoning.influence import influence_attack
 from bench.poisoning.label_flip import label_flip
 from bench.poisoning.spectral import spectral_signatures
@@ -29,6 +30,7 @@ ATTACKS = {
 # (X, y, x_target, y_target) -> (PoisonedSet, flipped).
 TARGETED = {
     "influence": influence_attack,
+    "feature_collision": feature_collision,  # (fn, params, head, x, y, x_target, base, rng) on frozen features
 }
 
 # Every filtering defense, one line each (scenario.filters).

@@ -158,7 +158,63 @@ class Poisoning:
                         count, seconds=seconds, **extra),
         ])
 
+    def run_feature_collision(self, exp: Experiment) -> Result:
+        """Feature collision (bench/poisoning/feature_collision.py) on a transfer-learning victim: the configured
+        model trained on the clean set with the configured objective is the frozen feature extractor; per seed,
+        `targets` test images it classifies correctly, of classes other than `target` (the attacker's label),
+        drawn with stream "targets", each attacked on its own; the victim's last layer is retrained with the
+        poisons in. Rows: the extractor's CA, the targeted success over the targets, and the success rate of the
+        same retraining without poisons (`clean_training`: how often a target already lands on `target`)."""
+        from bench.poisoning.feature_collision import fit_head
+
+        data, t = exp.data, exp.train
+        attack = self.make_attack()
+        base = int(self.target)
+        if not 0 <= base < data.num_classes:
+            raise BenchError(f"scenario.target must be a class in 0..{data.num_classes - 1}, got {base}")
+        model = exp.build_model()
+        started = time.perf_counter()
+        optimizer = t.optimizer(t.epochs * train.steps_per_epoch(len(data.y_train), t.batch_size))
+        params, history = train.train(exp.objective(model), model.params, optimizer, data.x_train, data.y_train,
+                                      epochs=t.epochs, batch_size=t.batch_size, key=exp.key("train"),
+                                      progress=exp.progress, checkpointer=exp.checkpointer("clean"))
+        fn = features_fn(model.module)
+        feats = extract(fn, params, data.x_train).astype(np.float32)
+        last = max((k for k in params if k.startswith("Dense_")), key=lambda k: int(k.split("_")[1]))
+        head = {"kernel": params[last]["kernel"], "bias": params[last]["bias"]}
+        pred = evaluate.predict(model.logits_fn, params, data.x_test)
+        eligible = np.flatnonzero((pred == data.y_test) & (data.y_test != base))
+        count = int(self.targets)
+        if not 1 <= count <= len(eligible):
+            raise BenchError(f"scenario.targets must be in 1..{len(eligible)}, got {count}")
+        chosen = np.sort(exp.rng("targets").choice(eligible, size=count, replace=False))
+        clean_head = fit_head(feats, data.y_train, head["kernel"], head["bias"], 0.01, 200)
+        test_feats = extract(fn, params, data.x_test[chosen]).astype(np.float32)
+        clean_flips = np.argmax(test_feats @ np.asarray(clean_head["kernel"]) + np.asarray(clean_head["bias"]), 1)
+        rng = exp.rng("poison")
+        flips, ratios = [], []
+        for j in chosen:
+            poisoned, flipped = attack(fn, params, head, data.x_train, data.y_train, data.x_test[j], base, rng,
+                                       train_feats=feats)
+            if (not np.array_equal(poisoned.y, data.y_train)
+                    or np.abs(poisoned.x - data.x_train).max() > poisoned.info["eps"] + 1e-6):
+                raise RuntimeError(f"{poisoned.name}: a poison left its label or its L-inf budget")
+            flips.append(flipped)
+            ratios.append(poisoned.ratio)
+        seconds = time.perf_counter() - started
+        extra = dict(attack=poisoned.name, poison_ratio=float(np.mean(ratios)), target=base, split="test",
+                     targets=",".join(map(str, chosen)), model=f"{exp.labels['model']}+frozen_features")
+        return Result([
+            records.row("clean_training", "clean_accuracy", np.mean(pred == data.y_test), len(data.y_test),
+                        **{**extra, "poison_ratio": 0.0}),
+            records.row("clean_training", "targeted_success", np.mean(clean_flips == base), count,
+                        **{**extra, "poison_ratio": 0.0}),
+            records.row("poisoned", "targeted_success", float(np.mean(flips)), count, seconds=seconds, **extra),
+        ], [{"model": "clean", **row} for row in history])
+
     def run(self, exp: Experiment) -> Result:
+        if self.attack == "feature_collision":
+            return self.run_feature_collision(exp)
         if self.attack in TARGETED:
             return self.run_targeted(exp)
         data, t = exp.data, exp.train
