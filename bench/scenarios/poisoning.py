@@ -17,6 +17,9 @@ score the backdoor, then filter the training set with each detector and retrain.
 All trainings start from the same initial parameters (stream "init") and data-order key (stream "train"),
 so a filter's effect is measured against a paired run. Table: bench/poisoning/report.py (rows attack, ratio,
 defense; CA, ASR, RA, TPR, FPR, DER, seeds). With `pictures`, poisons.png beside the records.
+Targeted attacks (`bench.poisoning.TARGETED`: influence, feature_collision) run one poisoning per target test
+image instead (`run_targeted`, `run_feature_collision`): `targets` targets per seed (stream "targets"), listed
+in the rows' `targets` column, with the targeted success over them.
 """
 
 from __future__ import annotations
