@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import inspect
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, Dict, List, NamedTuple, Optional
@@ -39,7 +39,7 @@ from omegaconf import MISSING
 from bench import evaluate, learners, models, records, train
 from bench.defenses import DEFENSES
 from bench.errors import BenchError
-from bench.experiment import Experiment, Result
+from bench.experiment import Experiment, Result, TrainSettings
 
 DATA_PARTS = ("all", "half_a", "half_b")
 ROLES = ("both", "source", "target")
@@ -58,6 +58,8 @@ class ModelSpec:
     data: str = "all"
     epochs: Optional[int] = None
     role: str = "both"
+    train_args: Dict[str, Any] = field(default_factory=dict)  # this model's own train.* (batch_size, learning_rate,
+                                                             # schedule, optimizer, ...), e.g. a defense's recipe
 
 
 @dataclass
@@ -215,13 +217,20 @@ class Transfer:
                     raise BenchError(f"scenario.models.{name}.defense_args: {err}; check them against "
                                      f"bench/defenses/") from None
             idx = parts[spec.data]
-            epochs = t.epochs if spec.epochs is None else int(spec.epochs)
+            mt = t
+            if spec.train_args:
+                renamed = {("optimizer_name" if k == "optimizer" else k): v for k, v in spec.train_args.items()}
+                unknown = sorted(set(renamed) - set(TrainSettings.__dataclass_fields__))
+                if unknown:
+                    raise BenchError(f"scenario.models.{name}.train_args: unknown keys {unknown}; use keys of train:")
+                mt = replace(t, **renamed)
+            epochs = mt.epochs if spec.epochs is None else int(spec.epochs)
             print(f"transfer: training {name} ({spec.arch or 'model='}, {spec.defense or 'defense='}, seed "
                   f"{spec.seed}, {spec.data} of the training split, {epochs} epochs)", file=sys.stderr)
             started = exp.seconds()
             params, _ = train.train(
-                objective, model.params, t.optimizer(epochs * train.steps_per_epoch(len(idx), t.batch_size)),
-                data.x_train[idx], data.y_train[idx], epochs=epochs, batch_size=t.batch_size,
+                objective, model.params, mt.optimizer(epochs * train.steps_per_epoch(len(idx), mt.batch_size)),
+                data.x_train[idx], data.y_train[idx], epochs=epochs, batch_size=mt.batch_size,
                 key=jax.random.fold_in(exp.key("train"), spec.seed), progress=exp.progress,
                 checkpointer=exp.checkpointer(f"models/{name}"))
             models.save_params(model_dir / f"{name}.msgpack", params, (model.module.mean, model.module.std))
@@ -240,8 +249,13 @@ class Transfer:
 
         target_names = [n for n, s in [*self.models.items(), *self.learners.items()] if s.role != "source"]
         clean = {n: nodes[n].predict(x_eval) for n in nodes}
-        for n in target_names:
-            rows.append(records.row("clean", "accuracy", float(np.mean(clean[n] == y_eval)), len(y_eval), target=n))
+        for n in nodes:
+            accuracy = float(np.mean(clean[n] == y_eval))
+            rows.append(records.row("clean", "accuracy", accuracy, len(y_eval), target=n))
+            if accuracy < 2.0 / data.num_classes:
+                print(f"warning: {n} classifies {accuracy:.1%} of the clean examples correctly (chance is "
+                      f"{1 / data.num_classes:.0%}): its row and column of the matrix mean little; check its recipe "
+                      f"(scenario.models.{n} / scenario.learners.{n})", file=sys.stderr)
 
         sources = {n: node for n, node in nodes.items() if node.source}
         for name, spec in self.ensembles.items():  # members need a gradient, whatever their role
