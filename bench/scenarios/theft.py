@@ -14,6 +14,10 @@
      Prediction APIs"): softmax regression from probabilities by solving log p_i(x) - log p_0(x) =
      (w_i - w_0) x + (b_i - b_0), linear in the unknowns, by least squares over the queries (exact up to the
      softmax's shift invariance once there are d + 1 independent queries; their count is c (d + 1));
+   - `functional` (Jagielski et al. 2020; Carlini, Jagielski & Mironov 2020; bench/extraction.py): the
+     weights of a one-hidden-layer ReLU victim (`model=mlp model.hidden=[h]`) up to the units' order and
+     scale, from critical points found along random lines, with as many queries as it needs (recorded);
+     rows add the largest weight error against the victim's hyperplanes and the units missed;
    - `copycat` (Correia-Silva et al. 2018; Knockoff Nets' random selection, Orekondy et al. 2019; for an
      MLP victim on uniform queries with probabilities, Tramer et al.'s MLP extraction): a fresh copy
      (`copy.arch`) trained on the answers, soft labels when the API gives scores, with the same number of
@@ -45,7 +49,7 @@ from bench.experiment import Experiment, Result
 from bench.substitute import fit_copy, jacobian_augment
 
 VICTIMS = ("model", "logreg")
-METHODS = ("equations", "copycat")
+METHODS = ("equations", "copycat", "functional")
 QUERY_SETS = ("in_distribution", "other", "uniform", "synthetic")
 
 
@@ -115,6 +119,9 @@ class Theft:
             raise BenchError(f"scenario.api.defense={self.api.defense}: use one of {sorted(api.API_DEFENSES)} or null")
         if not self.budgets or min(self.budgets) < 1:
             raise BenchError(f"scenario.budgets={list(self.budgets)}: give at least one budget >= 1, e.g. [100,1000]")
+        if self.method == "functional" and (self.victim != "model" or self.api.output != "probabilities"):
+            raise BenchError("scenario.method=functional extracts a one-hidden-layer ReLU victim from its probabilities: "
+                             "set scenario.victim=model (model=mlp model.hidden=[20]) and scenario.api.output=probabilities")
         if self.method == "equations" and (self.victim != "logreg" or self.api.output != "probabilities"):
             raise BenchError("scenario.method=equations solves softmax regression from its probabilities: set "
                              "scenario.victim=logreg and scenario.api.output=probabilities (or method=copycat)")
@@ -159,12 +166,16 @@ class Theft:
         x_unif = exp.rng("uniform").random((int(self.n_uniform), *data.image_shape), dtype=np.float32)
         p_unif = victim_proba(x_unif)
 
+        if self.method == "functional":
+            x_query, answers = None, None
+            budgets = [None]
         # 2. the thief's queries, asked once for the largest budget
         top = max(int(b) for b in self.budgets)
         copy_factory = None if self.copy.arch is None else partial(models.MODELS[self.copy.arch], **self.copy.model_args)
         fresh_copy = lambda: exp.build_model(jax.random.fold_in(exp.key("copy"), 0), copy_factory)
-        x_query, answers = self._queries(exp, oracle, data, pool, top, fresh_copy)
-        rows.append(records.row("api", "queries", oracle.queries, len(oracle.log), output=self.api.output))
+        if self.method != "functional":
+            x_query, answers = self._queries(exp, oracle, data, pool, top, fresh_copy)
+            budgets = sorted(int(b) for b in self.budgets)
 
         # white-box reference for theft++: the suite's attacks crafted on the victim itself
         suite = evaluate.build_suite(suite_cfg.attacks, suite_cfg.norm, list(suite_cfg.eps)) if self.theft_plus else {}
@@ -179,12 +190,17 @@ class Theft:
                                     int(correct.sum()), norm=suite_cfg.norm, eps=eps, attack=name))
 
         # 3. one copy per budget, from scratch
-        for budget in sorted(int(b) for b in self.budgets):
+        for budget in budgets:
             started = exp.seconds()
-            xb, ab = x_query[:budget], answers[:budget]
-            if self.method == "equations":
+            if self.method == "functional":
+                c_logits, c_params, extra = _functional(oracle, model, v_params, data, exp.rng("copy"))
+                budget = int(extra.pop("queries"))
+                xb = np.zeros((budget,))
+            elif self.method == "equations":
+                xb, ab = x_query[:budget], answers[:budget]
                 c_logits, c_params, extra = _solve_softmax_regression(xb, ab, data.num_classes, v_params)
             else:
+                xb, ab = x_query[:budget], answers[:budget]
                 copy = fresh_copy()
                 epochs = max(1, -(-int(self.copy.steps) // max(1, -(-budget // int(self.copy.batch_size)))))
                 c_params = fit_copy(copy.logits_fn, copy.params, xb, ab, epochs=epochs,
@@ -214,6 +230,7 @@ class Theft:
                                         int(correct.sum()), norm=suite_cfg.norm, eps=eps, attack=name, **common))
             print(f"theft: budget {budget}: copy accuracy {np.mean(q_test.argmax(1) == y_test):.4f}, agreement "
                   f"{np.mean(q_test.argmax(1) == p_test.argmax(1)):.4f}", file=sys.stderr)
+        rows.append(records.row("api", "queries", oracle.queries, len(oracle.log), output=self.api.output))
         if self.pictures:
             from bench import plots
 
@@ -266,6 +283,44 @@ def _as_answers(answer):
     return answer.astype(np.int32) if answer.ndim == 1 else answer.astype(np.float32)
 
 
+def _functional(oracle, model, v_params, data, rng):
+    """Functionally equivalent extraction through the API (bench/extraction.py), scored against the victim's
+    first layer written in pixel space (its normalisation folded in)."""
+    from bench import extraction
+
+    layers = sorted(k for k in v_params if k.startswith("Dense_"))
+    if len(layers) != 2 or any(k.startswith("Conv") for k in v_params):
+        raise BenchError("scenario.method=functional needs a victim with one hidden ReLU layer: model=mlp "
+                         "model.hidden=[20] (this one has layers " + ", ".join(sorted(v_params)) + ")")
+    shape = data.image_shape
+
+    def query(flat):
+        probs = np.asarray(oracle.query(flat.reshape(len(flat), *shape).astype(np.float32)), np.float64)
+        with np.errstate(divide="ignore"):
+            logp = np.where(probs > 0, np.log(np.where(probs > 0, probs, 1.0)), np.nan)  # saturated: unknown
+        return logp[:, 1:] - logp[:, :1]
+
+    d = int(np.prod(shape))
+    net = extraction.extract_relu_net(query, d, rng)
+    kernel, bias = (np.asarray(v_params[layers[0]][k], np.float64) for k in ("kernel", "bias"))
+    mean = np.tile(np.asarray(model.module.mean, np.float64), d // len(model.module.mean))
+    std = np.tile(np.asarray(model.module.std, np.float64), d // len(model.module.std))
+    w1 = (kernel / std[:, None]).T                      # (h, d) in pixel units
+    b1 = bias - (mean / std) @ kernel
+    error, missing = extraction.weight_error(net, w1, b1)
+    w2 = np.vstack([np.zeros((1, len(net.b1))), net.w2])  # class 0's logit is the reference: 0
+    b2 = np.concatenate([[0.0], net.b2])
+    params = {"w1": jax.numpy.asarray(net.w1, jax.numpy.float32), "b1": jax.numpy.asarray(net.b1, jax.numpy.float32),
+              "w2": jax.numpy.asarray(w2, jax.numpy.float32), "b2": jax.numpy.asarray(b2, jax.numpy.float32)}
+    return _relu_logits, params, {"queries": net.queries, "max_weight_error": error, "units_missing": float(missing),
+                                  "units_found": float(len(net.b1)), "units_victim": float(len(b1))}
+
+
+def _relu_logits(params, x):
+    flat = jax.numpy.reshape(x, (x.shape[0], -1))
+    return jax.nn.relu(flat @ params["w1"].T + params["b1"]) @ params["w2"].T + params["b2"]
+
+
 def _labels(answer):
     return answer.astype(np.int32) if answer.ndim == 1 else answer.argmax(1).astype(np.int32)
 
@@ -313,8 +368,9 @@ def theft_table(frame: pd.DataFrame) -> pd.DataFrame:
     wide["budget"] = wide["budget"].astype(int)
     names = {"accuracy": "accuracy %", "agreement_test": "R_test %", "agreement_uniform": "R_unif %",
              "total_variation": "TV"}
-    if "max_param_error" in wide:  # equations: against the victim's parameters, shifted the same way
-        wide["max_param_error"] = wide["max_param_error"].map(lambda v: "" if v != v else f"{v:.1e}")
+    for column in ("max_param_error", "max_weight_error"):  # equations / functional: against the victim's
+        if column in wide:
+            wide[column] = wide[column].map(lambda v: "" if v != v else f"{v:.1e}")
     for metric, label in names.items():
         if metric in wide:
             wide[label] = (wide.pop(metric) * (1 if metric == "total_variation" else 100)).round(4 if label == "TV" else 2)
