@@ -146,7 +146,7 @@ def measured_row(name: str, run_dir: Path) -> dict:
         "sanity flags": ", ".join(flags),
         "train s": f"{_value(records, evaluator='train', metric='seconds'):.0f}",
         "epochs": f"{int(stopped)} of {config.train.epochs} (early stop)" if stopped else f"{config.train.epochs}",
-        "n test": str(int(records[records.evaluator == "clean"]["n"].iloc[-1])),
+        "n test": str(int(records[(records.evaluator == "clean") & (records.metric == "accuracy")]["n"].iloc[-1])),
         "run_id": str(records["run_id"].iloc[0]),
         "git_rev": str(records["git_rev"].iloc[0]),
         "reduced_of": str(config.get("reduced_of") or ""),
@@ -154,16 +154,55 @@ def measured_row(name: str, run_dir: Path) -> dict:
     }
 
 
+def _parse_table(lines: list[str]) -> list[dict]:
+    header = [c.strip() for c in lines[0].strip().strip("|").split("|")]
+    return [dict(zip(header, (c.strip() for c in line.strip().strip("|").split("|")))) for line in lines[2:]]
+
+
+def carried_rows(out: Path, measured: set[str]) -> list[dict]:
+    """Rows of the existing table for presets not run on this machine (their runs live elsewhere), with the
+    run_id and git_rev that made them, so a partial rerun never drops the others. A row is carried only when
+    its provenance is in the file, and only for a preset that still exists."""
+    if not out.exists():
+        return []
+    text = out.read_text().splitlines()
+
+    def block(title):
+        start = text.index(title) + 2
+        end = next((i for i in range(start, len(text)) if not text[i].startswith("|")), len(text))
+        return _parse_table(text[start:end])
+
+    try:
+        measured_rows, provenance = block("## Measured (reduced scale)"), block("## Provenance")
+    except (ValueError, IndexError):
+        return []
+    origin = {r["preset"]: r for r in provenance}
+    carried = []
+    for row in measured_rows:
+        name = row.get("preset")
+        if name in measured or name not in origin or name not in reduced_presets():
+            continue
+        full = OmegaConf.load(EXPERIMENTS / f"{name}.yaml").get("reduced_of") or ""
+        carried.append({**row, "run_id": origin[name]["run_id"], "git_rev": origin[name]["git_rev"],
+                        "command": origin[name]["command"], "reduced_of": str(full)})
+    return carried
+
+
 def reported_rows(full_preset: str) -> list[dict]:
     """The reported numbers (with sources) of a full-scale preset's `paper` block."""
     path = EXPERIMENTS / f"{full_preset}.yaml"
     if not full_preset or not path.exists():
         return []
-    paper = OmegaConf.load(path).get("paper")
-    if paper is None:
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):  # composed: presets that build
+        paper = compose(config_name="config", overrides=[f"+experiment={full_preset}"]).get("paper")  # on others
+    if paper is None or "title" not in paper:
         return []
+    own = (OmegaConf.load(path).get("paper") or {}).get("reported")  # its own numbers, not those of the preset it
+    reported = own if own is not None else paper.get("reported") or {}  # builds on (merged by composition)
     return [{"preset": full_preset, "paper": str(paper.title), "metric": metric, "reported %": f"{entry.value:.2f}",
-             "source": str(entry.source)} for metric, entry in paper.reported.items()]
+             "source": str(entry.source)} for metric, entry in reported.items()]
 
 
 def _table(rows: list[dict], columns: list[str]) -> str:
@@ -192,6 +231,8 @@ def write_report(rows: list[dict], out: Path) -> Path:
         "(data loading and compilation included) on the machine that ran it, which may have been shared: compare",
         "times only between runs made together. Reported numbers are for full",
         "MNIST with the papers' own models: they are the target of the full-scale presets, not of these runs.",
+        "Rows of presets not rerun in the latest invocation are carried over from the previous version of this",
+        "file with the run_id and git_rev of the run that made them (Provenance below).",
         "",
         "## Measured (reduced scale)",
         "",
@@ -243,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         run_autoattack(name, run_dir, args.overrides)
     rows = [measured_row(name, runs / name) for name in reduced_presets() if (runs / name / RECORDS_FILE).exists()]
-    path = write_report(rows, Path(args.out))
+    rows += carried_rows(Path(args.out), {r["preset"] for r in rows})
+    path = write_report(sorted(rows, key=lambda r: r["preset"]), Path(args.out))
     print(path.read_text())
     return 0
 
