@@ -55,11 +55,7 @@ def transfer_heatmap(path: Path, cells, title: str = "") -> Path:
     fig.colorbar(image, ax=ax, label="%")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def linearity_plot(path: Path, logits_fn, params, x: np.ndarray, y: int, key, title: str = "",
@@ -88,53 +84,45 @@ def linearity_plot(path: Path, logits_fn, params, x: np.ndarray, y: int, key, ti
     axes[1].legend(fontsize=6, ncol=2, loc="best")
     fig.suptitle(f"wrong almost everywhere: {title}", fontsize=9)
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _pyplot().close(fig)
     return path
+
+
+def _percent_lines(path: Path, lines, x_values, xlabel: str, title: str) -> Path:
+    """lines: (label, Series of values in [0, 1] indexed by x) drawn in % on a log x axis."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for label, points in lines:
+        ax.plot(points.index, 100 * points.to_numpy(), marker="o", label=label)
+    _log_ticks(ax, x_values)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 def query_curve(path: Path, curve, title: str = "") -> Path:
     """curve: rows with queries, value (in [0, 1]), attack, eps; one line per (attack, eps), seeds averaged."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    for (attack, eps), cells in curve.groupby(["attack", "eps"], sort=False):
-        points = cells.groupby("queries")["value"].mean()
-        ax.plot(points.index, 100 * points.to_numpy(), marker="o", label=f"{attack} eps {eps:g}")
-    _log_ticks(ax, curve["queries"])
-    ax.set_xlabel("oracle queries")
-    ax.set_ylabel("%")
-    ax.set_ylim(0, 100)
-    ax.legend(fontsize=7)
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    lines = [(f"{attack} eps {eps:g}", cells.groupby("queries")["value"].mean())
+             for (attack, eps), cells in curve.groupby(["attack", "eps"], sort=False)]
+    return _percent_lines(path, lines, curve["queries"], "oracle queries", title)
 
 
 def budget_curves(path: Path, rows, title: str = "") -> Path:
     """rows: a stolen copy's metrics (accuracy, agreement_test, ...) against its query budget; one line each."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    for metric, cells in rows.groupby("metric", sort=False):
-        points = cells.groupby("budget")["value"].mean()
-        ax.plot(points.index, 100 * points.to_numpy(), marker="o", label=metric.replace("_", " "))
-    _log_ticks(ax, rows["budget"])
-    ax.set_xlabel("queries (budget)")
-    ax.set_ylabel("%")
-    ax.set_ylim(0, 100)
-    ax.legend(fontsize=7)
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    lines = [(metric.replace("_", " "), cells.groupby("budget")["value"].mean())
+             for metric, cells in rows.groupby("metric", sort=False)]
+    return _percent_lines(path, lines, rows["budget"], "queries (budget)", title)
 
 
 __all__ = ["budget_curves", "linearity_plot", "query_curve", "transfer_heatmap"]
