@@ -363,26 +363,29 @@ def theft_table(frame: pd.DataFrame) -> pd.DataFrame:
     copy = frame[frame.evaluator == "copy"]
     if copy.empty:
         return pd.DataFrame()
-    keys = ["defense", "api_output", "api_defense", "method", "query_set", "budget"]
+    keys = ["dataset", "defense", "api_output", "api_defense", "method", "query_set", "budget"]
+    victim_keys = ["dataset", "defense"]  # one victim per dataset x victim label (seeds averaged)
     wide = copy.pivot_table(index=keys, columns="metric", values="value", aggfunc="mean").reset_index()
     wide["budget"] = wide["budget"].astype(int)
-    names = {"accuracy": "accuracy %", "agreement_test": "R_test %", "agreement_uniform": "R_unif %",
-             "total_variation": "TV"}
     for column in ("max_param_error", "max_weight_error"):  # equations / functional: against the victim's
         if column in wide:
             wide[column] = wide[column].map(lambda v: "" if v != v else f"{v:.1e}")
+    names = {"accuracy": "accuracy %", "agreement_test": "R_test %", "agreement_uniform": "R_unif %",
+             "total_variation": "TV"}
     for metric, label in names.items():
         if metric in wide:
             wide[label] = (wide.pop(metric) * (1 if metric == "total_variation" else 100)).round(4 if label == "TV" else 2)
     plus = frame[frame.evaluator == "theft_plus"]
     if not plus.empty:
         attacks = plus.groupby(keys + ["attack", "eps"])["value"].mean().reset_index()
+        white = frame[frame.evaluator == "white_box"].groupby(victim_keys + ["attack", "eps"])["value"].mean()
         for (attack, eps), cells in attacks.groupby(["attack", "eps"]):
             label = f"theft++ {attack} {eps:g} %"
             wide = wide.merge(cells[keys + ["value"]].rename(columns={"value": label}), on=keys, how="left")
             wide[label] = (100 * wide[label]).round(2)
-            white = frame[(frame.evaluator == "white_box") & (frame.attack == attack) & (frame.eps == eps)]
-            wide[f"white-box {attack} {eps:g} %"] = round(100 * white.value.mean(), 2)
-    victim = frame[frame.evaluator == "victim"].value.mean()
-    wide.insert(0, "victim %", round(100 * victim, 2))
+            reference = white.xs((attack, eps), level=["attack", "eps"]).rename(f"white-box {attack} {eps:g} %")
+            wide = wide.merge((100 * reference).round(2).reset_index(), on=victim_keys, how="left")
+    victim = frame[frame.evaluator == "victim"].groupby(victim_keys)["value"].mean().rename("victim %")
+    wide = wide.merge((100 * victim).round(2).reset_index(), on=victim_keys, how="left")
+    wide.insert(2, "victim %", wide.pop("victim %"))
     return wide.rename(columns={"defense": "victim"})
