@@ -136,6 +136,17 @@ class Experiment:
         key = self.key("init") if key is None else key
         return Model(module, models.make_logits_fn(module), models.init_params(module, key, self.data.image_shape))
 
+    def fit(self, objective, params, x, y, *, key: jax.Array, checkpoint: str | None = None,
+            settings: TrainSettings | None = None, epochs: int | None = None, eval_fn=None):
+        """Train with the run's `train:` settings (or `settings`; `epochs` overrides theirs) on (x, y): the
+        optimizer for the whole run's steps, progress bar, and checkpoints in the work folder's `checkpoint`
+        subfolder (None: none). Returns (params, history), as `bench.train.train`."""
+        t = settings or self.train
+        epochs = t.epochs if epochs is None else int(epochs)
+        return train.train(objective, params, t.optimizer(epochs * train.steps_per_epoch(len(y), t.batch_size)), x, y,
+                           epochs=epochs, batch_size=t.batch_size, key=key, progress=self.progress,
+                           checkpointer=None if checkpoint is None else self.checkpointer(checkpoint), eval_fn=eval_fn)
+
     def objective(self, model: Model):
         """The configured defense's training objective for `model` (certified training also gets the module)."""
         wants_model = "model" in inspect.signature(self.defense_factory).parameters

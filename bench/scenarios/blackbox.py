@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import MISSING
 
-from bench import api, evaluate, models, records, train
+from bench import api, evaluate, models, records
 from bench.errors import BenchError
 from bench.experiment import Experiment, Result
 from bench.substitute import fit_copy, jacobian_augment
@@ -108,7 +108,7 @@ class BlackBox:
 
     def run(self, exp: Experiment) -> Result:
         self._check(exp)
-        data, t, suite_cfg = exp.data, exp.train, exp.suite
+        data, suite_cfg = exp.data, exp.suite
         x_split, y_split = data.split(suite_cfg.split)
         n_seeds = int(self.seeds)
         x_seed = x_split[:n_seeds]
@@ -119,11 +119,8 @@ class BlackBox:
         # 1. the oracle, trained as the evasion scenario trains its model
         oracle = exp.build_model()
         print("blackbox: training the oracle", file=sys.stderr)
-        oracle_params, history = train.train(
-            exp.objective(oracle), oracle.params,
-            t.optimizer(t.epochs * train.steps_per_epoch(len(data.y_train), t.batch_size)), data.x_train, data.y_train,
-            epochs=t.epochs, batch_size=t.batch_size, key=exp.key("train"), progress=exp.progress,
-            checkpointer=exp.checkpointer("oracle"))
+        oracle_params, history = exp.fit(exp.objective(oracle), oracle.params, data.x_train, data.y_train,
+                                         key=exp.key("train"), checkpoint="oracle")
         exp.save_params(oracle_params, oracle)
         oracle_clean = evaluate.predict(oracle.logits_fn, oracle_params, x_eval)
         rows = [records.row("oracle", "accuracy", float(np.mean(oracle_clean == y_eval)), len(y_eval),

@@ -163,12 +163,8 @@ class Evasion:
         surrogate = exp.build_model(exp.key("surrogate"), partial(models.MODELS[check.surrogate]))
         epochs = t.epochs if check.epochs is None else int(check.epochs)
         print(f"transfer check: training the surrogate ({check.surrogate}, {epochs} epochs)", file=sys.stderr)
-        s_params, _ = train.train(
-            standard(surrogate.logits_fn), surrogate.params,
-            t.optimizer(epochs * train.steps_per_epoch(len(exp.data.y_train), t.batch_size)), exp.data.x_train,
-            exp.data.y_train, epochs=epochs, batch_size=t.batch_size,
-            key=jax.random.fold_in(exp.key("surrogate"), 1), progress=exp.progress,
-            checkpointer=exp.checkpointer("surrogate"))
+        s_params, _ = exp.fit(standard(surrogate.logits_fn), surrogate.params, exp.data.x_train, exp.data.y_train,
+                              key=jax.random.fold_in(exp.key("surrogate"), 1), checkpoint="surrogate", epochs=epochs)
         return sanity.transfer_check(logits_fn, params, x_eval, y_eval, suite, exp.suite.norm,
                                      jax.random.fold_in(exp.key("surrogate"), 2), outcome,
                                      (surrogate.logits_fn, s_params), batch_size=exp.suite.batch_size,

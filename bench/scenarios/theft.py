@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import MISSING
 
-from bench import api, data as datasets, evaluate, learners, models, records, train
+from bench import api, data as datasets, evaluate, learners, models, records
 from bench.errors import BenchError
 from bench.experiment import Experiment, Result
 from bench.substitute import fit_copy, jacobian_augment
@@ -133,7 +133,7 @@ class Theft:
 
     def run(self, exp: Experiment) -> Result:
         self._check(exp)
-        data, t, suite_cfg = exp.data, exp.train, exp.suite
+        data, suite_cfg = exp.data, exp.suite
         order = exp.rng("split").permutation(len(data.y_train))
         cut = int(round(float(self.victim_share) * len(order)))
         own, pool = np.sort(order[:cut]), np.sort(order[cut:])
@@ -145,11 +145,8 @@ class Theft:
         if self.victim == "model":
             model = exp.build_model()
             print(f"theft: training the victim on {len(own)} images", file=sys.stderr)
-            v_params, _ = train.train(
-                exp.objective(model), model.params,
-                t.optimizer(t.epochs * train.steps_per_epoch(len(own), t.batch_size)), data.x_train[own],
-                data.y_train[own], epochs=t.epochs, batch_size=t.batch_size, key=exp.key("train"),
-                progress=exp.progress, checkpointer=exp.checkpointer("victim"))
+            v_params, _ = exp.fit(exp.objective(model), model.params, data.x_train[own], data.y_train[own],
+                                  key=exp.key("train"), checkpoint="victim")
             exp.save_params(v_params, model)
             v_logits, victim_proba = model.logits_fn, api.flax_predictor(model.logits_fn, v_params)
         else:

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import MISSING
 
-from bench import evaluate, learners, models, records, train
+from bench import evaluate, learners, models, records
 from bench.defenses import DEFENSES
 from bench.errors import BenchError
 from bench.experiment import Experiment, Result, TrainSettings
@@ -228,11 +228,9 @@ class Transfer:
             print(f"transfer: training {name} ({spec.arch or 'model='}, {spec.defense or 'defense='}, seed "
                   f"{spec.seed}, {spec.data} of the training split, {epochs} epochs)", file=sys.stderr)
             started = exp.seconds()
-            params, _ = train.train(
-                objective, model.params, mt.optimizer(epochs * train.steps_per_epoch(len(idx), mt.batch_size)),
-                data.x_train[idx], data.y_train[idx], epochs=epochs, batch_size=mt.batch_size,
-                key=jax.random.fold_in(exp.key("train"), spec.seed), progress=exp.progress,
-                checkpointer=exp.checkpointer(f"models/{name}"))
+            params, _ = exp.fit(objective, model.params, data.x_train[idx], data.y_train[idx],
+                                key=jax.random.fold_in(exp.key("train"), spec.seed), checkpoint=f"models/{name}",
+                                settings=mt, epochs=epochs)
             models.save_params(model_dir / f"{name}.msgpack", params, (model.module.mean, model.module.std))
             rows.append(records.row("train", "seconds", exp.seconds() - started, len(idx), target=name))
             nodes[name] = Node(partial(evaluate.predict, model.logits_fn, params), model.logits_fn, params, "flax",
