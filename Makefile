@@ -49,6 +49,7 @@ bad-inputs: $(STAMP)
 .PHONY: presets
 presets: $(STAMP)
 	$(BIN)/python scripts/run_presets.py
+	$(MAKE) leaderboard site
 
 # Parity with torchattacks' AutoAttack (standard) on 1,000 mnist5k test images, standard and PGD-trained
 # cnn_small; writes results/peer_autoattack.md. Needs torch + torchattacks: pass PEERS_PYTHON=/path/to/python
@@ -63,3 +64,22 @@ peers-autoattack: $(if $(PEERS_PYTHON),,peers)
 .PHONY: peers-opacus
 peers-opacus: $(if $(PEERS_PYTHON),,peers)
 	$(or $(PEERS_PYTHON),$(BIN)/python) scripts/peer_opacus.py
+
+# Leaderboard entries (results/leaderboard/entries, one JSON per model x dataset x threat) from every run's records,
+# then the leaderboards (Markdown, CSV) and model cards (with Hugging Face model-index YAML) from the entries.
+# LEADERBOARD_RUNS names other run folders; `make leaderboard LEADERBOARD_RUNS=` with nothing rebuilds the pages
+# from the committed entries only.
+.PHONY: leaderboard site reproduce
+LEADERBOARD_RUNS ?= results/runs
+leaderboard: $(STAMP)
+	$(if $(wildcard $(LEADERBOARD_RUNS)),$(BIN)/python -m bench.leaderboard $(LEADERBOARD_RUNS) --out results/leaderboard,$(BIN)/python -m bench.leaderboard --rebuild --out results/leaderboard)
+
+# The static site (results/site/index.html, works offline from file://) from the committed entries only.
+site: $(STAMP)
+	$(BIN)/python -m bench.publish.site results/leaderboard --out results/site
+
+# Run a preset and print its verdicts against the paper and its earlier measured number:
+# `make reproduce PRESET=madry_mnist_reduced` (FULL=1 for its full-scale preset).
+PRESET ?= standard_mnist_reduced
+reproduce: $(STAMP)
+	$(BIN)/python -m bench.reproduce $(PRESET) $(if $(FULL),--full,)

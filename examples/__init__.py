@@ -1,0 +1,1 @@
+"""Examples (not part of the `bench` package): run them from the repository root."""
