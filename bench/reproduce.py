@@ -3,6 +3,7 @@
     python -m bench.reproduce madry_mnist_reduced              # run the reduced preset, then the verdicts
     python -m bench.reproduce madry_mnist_reduced --full       # run its full-scale preset (reduced_of) instead
     python -m bench.reproduce madry_mnist_reduced --reuse DIR  # no run: the verdicts of the run in DIR
+    python -m bench.reproduce madry_mnist_reduced --autoattack # then also suite=autoattack on the trained params
     python -m bench.reproduce standard_mnist_reduced train.epochs=1   # extra overrides (then not the preset)
 
 The run goes through the normal entry point (`python -m bench +experiment=PRESET`) into
@@ -18,8 +19,9 @@ with two targets:
 
 Verdict per number, with d = measured - target in percentage points:
 - reproduced:      |d| <= the 95% sampling noise of the difference, 1.96 * sqrt(m(1-m)/n_m + t(1-t)/n_t) for an
-                   accuracy (the target's n term only when its n is known), or equal to 1e-6 (relative) for
-                   numbers that are not accuracies (epsilon);
+                   accuracy (Agresti-Coull: each share with two successes and two failures added, over n + 4; the
+                   target's term only when its n is known), or equal to 1e-6 (relative) for numbers that are not
+                   accuracies (epsilon);
 - within tolerance: |d| <= the tolerance written in the preset (`paper.tolerance`, percentage points);
 - not reproduced:  otherwise (also when the preset states no tolerance and the difference exceeds the noise).
 Writes results/reproduce/<preset>.md and .json and the summary results/reproduce/README.md over every preset
@@ -34,6 +36,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -98,6 +101,19 @@ def machine() -> dict:
     return {"summary": summary, "cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version(), "jax_devices": devices, "device_count": count,
             "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def run_autoattack(name: str, run_dir: Path, overrides: list[str]) -> None:
+    """Evaluate the run's saved parameters with suite=autoattack at the preset's largest epsilon (no training), into
+    RUN_DIR/autoattack: its numbers join the same entries (bench/publish/entries.py follows load_params)."""
+    params = run_dir / "params.msgpack"
+    if not params.is_file():
+        raise BenchError(f"--autoattack: {run_dir} has no params.msgpack (only evasion runs save the parameters the "
+                         "AutoAttack suite evaluates)")
+    saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    eps = max(float(e) for e in saved.suite.eps)
+    run(name, run_dir / "autoattack", [*overrides, f"load_params={params}", "suite=autoattack", f"suite.eps=[{eps}]",
+                                       f"suite.norm={saved.suite.norm}"])
 
 
 def run(name: str, run_dir: Path, overrides: list[str]) -> None:
@@ -181,16 +197,12 @@ def verdict(measured: float, n_measured: int | None, target: float, n_target: in
     difference = measured - target
     noise = None
     if share:
-        m, t = measured / 100, target / 100
         variance = 0.0
-        if n_measured:
-            variance += max(m * (1 - m), 0.0) / n_measured
-        if n_target:
-            variance += max(t * (1 - t), 0.0) / n_target
+        for value, n in ((measured, n_measured), (target, n_target)):
+            if n:  # Agresti-Coull: two successes and two failures added, so 0% or 100% still has a spread
+                p = (value / 100 * n + 2) / (n + 4)
+                variance += p * (1 - p) / (n + 4)
         noise = 100 * Z95 * math.sqrt(variance)
-        # with p at 0 or 1 the binomial variance vanishes: one example either way is the smallest resolvable step
-        floor = 100 / max(n_measured or 1, n_target or 1)
-        noise = max(noise, floor)
         if abs(difference) <= noise + 1e-9:
             return "reproduced", difference, noise
     elif abs(difference) <= 1e-6 * max(abs(measured), abs(target), 1e-12):
@@ -295,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="committed entries to take references from (default: %(default)s)")
     parser.add_argument("--presets-table", default=str(ROOT / "results" / "presets.md"))
     parser.add_argument("--strict", action="store_true", help="exit 1 when a number is not reproduced")
+    parser.add_argument("--autoattack", action="store_true",
+                        help="also evaluate the trained parameters with suite=autoattack (evasion presets)")
     args = parser.parse_args(argv)
     try:
         ran = resolve(args.preset, args.full)
@@ -304,7 +318,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise BenchError(f"--reuse {run_dir}: no {RECORDS_FILE} there; pass the folder of a finished run")
         else:
             run_dir = Path(args.runs) / ran
+            shutil.rmtree(run_dir / "autoattack", ignore_errors=True)  # it evaluated the parameters being replaced
             run(ran, run_dir, args.overrides)
+        if args.autoattack and not (run_dir / "autoattack" / RECORDS_FILE).is_file():
+            run_autoattack(ran, run_dir, args.overrides)
         entries = entries_mod.build_entries(entries_mod.read_runs(run_dir))
         if not any(e.get("preset") == ran for e in entries):
             for e in entries:

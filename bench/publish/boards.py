@@ -162,7 +162,7 @@ def _md_escape(text: str) -> str:
 
 def board_markdown(board: dict) -> str:
     headers = ["rank", "name", "architecture", "defense"] + [h for _, h, _ in board["columns"]] + \
-              ["reported − measured", "reliability", "flags"]
+              ["measured − reported", "reliability", "flags"]
     lines = [f"# {_md_escape(board['title'])}", "", _md_escape(board["rule"]), "",
              "Made by `python -m bench.leaderboard` from the committed entries (results/leaderboard/entries), "
              "which are made from run records only. Values in %; each entry's JSON holds every number's seeds, n, "

@@ -114,7 +114,7 @@ FILTERS = [("dataset", "dataset"), ("threat", "threat model"), ("defense", "defe
 
 def board_page(board: dict, plots: list[str]) -> str:
     heads = ["rank", "name", "architecture", "defense"] + [h for _, h, _ in board["columns"]] + \
-        ["reported − measured", "reliability", "flags"]
+        ["measured − reported", "reliability", "flags"]
     numeric = {0} | set(range(4, 4 + len(board["columns"])))
     head = "".join(f"<th{' class=numeric' if i in numeric else ''}>{e(h)}</th>" for i, h in enumerate(heads))
     body = []
@@ -304,14 +304,51 @@ def build_site(leaderboard_dir, out) -> dict:
             "boards": len(boards), "cards": len(models)}
 
 
+BROWSER_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--hide-scrollbars", "--window-size=1280,1000")
+
+
+def screenshots(site_dir, out, pages: list[str]) -> list[Path]:
+    """PNG screenshots of site pages (relative paths) taken by headless chromium from file://, into `out`."""
+    import subprocess
+    import tempfile
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        raise BenchError("no chromium to take screenshots with; install it (apt-get install chromium) or drop "
+                         "--screenshots")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    taken = []
+    for rel in pages:
+        source = (Path(site_dir) / rel).resolve()
+        if not source.is_file():
+            raise BenchError(f"no page {source} to screenshot; build the site first")
+        target = out / (slug(rel.removesuffix(".html")) + ".png")
+        with tempfile.TemporaryDirectory() as profile:
+            subprocess.run([browser, *BROWSER_FLAGS, f"--user-data-dir={profile}", f"--screenshot={target.resolve()}",
+                            source.as_uri()], capture_output=True, timeout=120, check=False)
+        if not target.is_file():
+            raise BenchError(f"chromium wrote no screenshot of {rel}; run it by hand to see why")
+        taken.append(target)
+    return taken
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.publish.site", description=__doc__.splitlines()[0])
     parser.add_argument("leaderboard", nargs="?", default="results/leaderboard",
                         help="the folder holding entries/ (default: %(default)s)")
     parser.add_argument("--out", default="results/site", help="the site folder (default: %(default)s)")
+    parser.add_argument("--screenshots", metavar="DIR", help="also save PNG screenshots of the index and the first "
+                        "leaderboard page into DIR (headless chromium)")
     args = parser.parse_args(argv)
     try:
         counts = build_site(args.leaderboard, args.out)
+        if args.screenshots:
+            first = sorted(p.name for p in (Path(args.out) / "boards").glob("evasion-*.html"))[:1]
+            shots = screenshots(args.out, args.screenshots, ["index.html", *(f"boards/{p}" for p in first)])
+            print("screenshots: " + ", ".join(map(str, shots)))
     except BenchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
