@@ -68,14 +68,28 @@ def read_runs(*paths) -> pd.DataFrame:
             print(f"warning: {err}; skipped", file=sys.stderr)
             continue
         frames.append(frame.assign(run_dir=str(f.parent.resolve()), preset=_preset(f.parent),
-                                   hardware=_hardware(f.parent)))
+                                   hardware=_hardware(f.parent), command=_command(f.parent)))
     if not frames:
         raise BenchError("no readable records; rerun the runs whose records are damaged")
     return pd.concat(frames, ignore_index=True)
 
 
+# overrides that do not change what a preset measures (where it writes, progress bars, resume, the further
+# AutoAttack evaluation of its parameters)
+_NEUTRAL = ("progress=", "hydra.", "checkpoint.", "load_params=", "suite=autoattack", "suite.eps=", "suite.norm=")
+
+
+def _overrides(run_dir: Path) -> list[str]:
+    path = run_dir / ".hydra" / "overrides.yaml"
+    try:
+        return [str(o) for o in OmegaConf.to_container(OmegaConf.load(path))] if path.is_file() else []
+    except Exception:  # an unreadable overrides.yaml only loses the command
+        return []
+
+
 def _preset(run_dir: Path) -> str | None:
-    """The `+experiment=` choice of the run, from Hydra's saved hydra.yaml (None for runs without a preset)."""
+    """The `+experiment=` choice of the run (Hydra's saved choices), with the overrides that change it appended
+    ("madry_mnist_reduced + train.epochs=1"), so an overridden run never passes for the preset; None without."""
     path = run_dir / ".hydra" / "hydra.yaml"
     if not path.is_file():
         return None
@@ -83,7 +97,15 @@ def _preset(run_dir: Path) -> str | None:
         choice = OmegaConf.select(OmegaConf.load(path), "hydra.runtime.choices.experiment", default=None)
     except Exception:  # an unreadable hydra.yaml only loses the preset name
         return None
-    return None if choice in (None, "None", "null") else str(choice)
+    if choice in (None, "None", "null"):
+        return None
+    extra = [o for o in _overrides(run_dir) if not o.lstrip("+").startswith(("experiment=", *_NEUTRAL))]
+    return str(choice) + (" + " + " ".join(extra) if extra else "")
+
+
+def _command(run_dir: Path) -> str | None:
+    overrides = [o for o in _overrides(run_dir) if not o.startswith(("hydra.run.dir=", "progress="))]
+    return "python -m bench " + " ".join(overrides) if overrides else None
 
 
 def _hardware(run_dir: Path) -> str:
@@ -139,6 +161,7 @@ def make_cell(rows: pd.DataFrame, *, label: str, share: bool | None = None) -> d
         "hardware": _unique(rows["hardware"]) if "hardware" in rows else ["not recorded"],
         "seconds": _num(rows["seconds"].astype(float).sum()),
         "run_dirs": [Path(d).name for d in _unique(rows["run_dir"])] if "run_dir" in rows else [],
+        "commands": _unique(rows["command"]) if "command" in rows else [],
         "versions": _unique(rows["versions"])[:1],
     }
     return cell
@@ -254,11 +277,12 @@ def _base(frame: pd.DataFrame, family: str, threat: str, *, model_key=None) -> d
     experiment = str(first["experiment"])
     model_id = model_key or slug(f"{dataset}-{model}-{defense}")
     return {
-        "schema": SCHEMA, "id": slug(f"{family}-{dataset}-{threat}-{name}-{experiment[:6]}"),
+        "schema": SCHEMA, "id": slug(f"{family}-{dataset}-{threat}-{name}")[:96].rstrip("-.") + f"-{experiment[:6]}",
         "name": name, "family": family, "dataset": dataset, "threat": threat, "architecture": model,
         "defense": defense, "variant": variant, "preset": preset, "model_id": model_id, "experiment": experiment,
         "link": paper.get("url"), "authors": None, "venue": paper.get("title"), "paper": paper,
         "cells": {}, "flags": [], "sanity_flags": [], "footnote": "",
+        "config": {k: v for k, v in _config(frame).items() if k != "seed"},
     }
 
 
@@ -543,7 +567,7 @@ def build_entries(records: pd.DataFrame) -> list[dict]:
     """All entries of the given records (`read_runs`), sorted by id."""
     if records.empty:
         raise BenchError("no records to build entries from")
-    for column, default in (("run_dir", ""), ("preset", None), ("hardware", "not recorded")):
+    for column, default in (("run_dir", ""), ("preset", None), ("hardware", "not recorded"), ("command", None)):
         if column not in records:
             records = records.assign(**{column: default})
     records = latest_runs(records)

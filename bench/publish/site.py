@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import json
 import math
 import shutil
 import sys
@@ -217,6 +218,10 @@ def entry_page(entry: dict) -> str:
             + (f"<h2>Reported by the paper</h2><table><thead><tr><th>reported</th><th>value</th><th>compared with"
                f"</th><th>measured</th><th>measured − reported</th><th>source</th></tr></thead><tbody>{reported}"
                "</tbody></table>" if reported else "")
+            + "<h2>Commands</h2><ul>" + "".join(f"<li><code>{e(c)}</code></li>" for c in sorted(
+                {c for cell in entry["cells"].values() for c in cell["provenance"].get("commands", [])})) + "</ul>"
+            + "<details><summary>The experiment's config (seed aside)</summary><pre>"
+            + e(json.dumps(entry.get("config", {}), indent=1, sort_keys=True)) + "</pre></details>"
             + f"<p><a href=\"{e(entry['id'])}.json\">the entry's JSON</a> · "
               f"<a href=\"../cards/{e(entry['model_id'])}.html\">model card</a></p>")
     return page(f"{entry['name']} — {entry['threat']}", text, 1)
