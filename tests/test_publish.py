@@ -118,6 +118,16 @@ def test_entries_equal_what_the_records_say(published):
     assert {f["flag"] for f in std["flags"]} == {"evaluation missing"} and std["reliability"] == "caution"
 
 
+def test_tuning_runs_on_the_validation_split_make_no_entry(tmp_path):
+    rows = evasion_rows(0.99, 0.95)
+    for row in rows:
+        row["split"] = "none" if row["evaluator"] == "train" else "validation"
+    write_run(tmp_path / "tune", rows, config={"suite": {"split": "validation"}})
+    write_run(tmp_path / "test", evasion_rows(0.97, 0.90), config={"suite": {"split": "test"}})
+    built = entries.build_entries(entries.read_runs(tmp_path))
+    assert len(built) == 1 and built[0]["cells"]["robust"]["value"] == pytest.approx(0.90)
+
+
 def test_a_tampered_record_changes_the_page(tmp_path):
     runs = make_runs(tmp_path)
     path = runs / "ibp" / records.RECORDS_FILE
@@ -319,10 +329,11 @@ def test_the_committed_pages_are_made_from_the_committed_entries(tmp_path):
     copy = tmp_path / "lb"
     shutil.copytree(COMMITTED / "entries", copy / "entries")
     assert leaderboard.main(["--rebuild", "--out", str(copy)]) == 0
-    for page in (COMMITTED / "boards").glob("*"):
-        assert (copy / "boards" / page.name).read_text() == page.read_text(), f"{page} is stale: make leaderboard"
-    assert sorted(p.name for p in (COMMITTED / "boards").glob("*")) == sorted(p.name for p in
-                                                                              (copy / "boards").glob("*"))
+    for sub in ("boards", "cards"):
+        for page in (COMMITTED / sub).glob("*"):
+            assert (copy / sub / page.name).read_text() == page.read_text(), f"{page} is stale: make leaderboard"
+        assert sorted(p.name for p in (COMMITTED / sub).glob("*")) == sorted(p.name for p in (copy / sub).glob("*"))
+    assert (copy / "README.md").read_text() == (COMMITTED / "README.md").read_text()
 
 
 # --- a real browser -------------------------------------------------------------------------------------------

@@ -136,7 +136,20 @@ def _unique(series) -> list:
     return sorted({str(v) for v in series if v is not None and not (isinstance(v, float) and math.isnan(v))})
 
 
-def make_cell(rows: pd.DataFrame, *, label: str, share: bool | None = None) -> dict:
+_RUN_SECONDS: dict[str, float] = {}  # run id -> the time the run recorded (set by build_entries)
+
+
+def run_seconds(records: pd.DataFrame) -> dict[str, float]:
+    """Per run: the longest training time it recorded plus every other evaluator's seconds."""
+    out = {}
+    for run_id, rows in records.groupby("run_id"):
+        train = rows[rows["evaluator"] == "train"]["seconds"].astype(float)
+        out[str(run_id)] = float((train.max() if len(train) else 0.0)
+                                 + rows[rows["evaluator"] != "train"]["seconds"].astype(float).sum())
+    return out
+
+
+def make_cell(rows: pd.DataFrame, *, label: str, share: bool | None = None, seconds: float | None = None) -> dict:
     """One number from the rows of one quantity of one experiment (one row per seed, or several to average within
     a seed): mean over seeds, spread (sample sd over seeds), n, the Wilson interval for accuracies, provenance."""
     if rows.empty:
@@ -159,7 +172,8 @@ def make_cell(rows: pd.DataFrame, *, label: str, share: bool | None = None) -> d
         "experiment_hash": _unique(rows["experiment"])[0] if "experiment" in rows else None,
         "git_revs": _unique(rows["git_rev"]), "data_fingerprints": _unique(rows["data_fingerprint"]),
         "hardware": _unique(rows["hardware"]) if "hardware" in rows else ["not recorded"],
-        "seconds": _num(rows["seconds"].astype(float).sum()),
+        "seconds": _num(rows["seconds"].astype(float).sum() if seconds is None else seconds),
+        "run_seconds": _num(sum(_RUN_SECONDS.get(str(r), 0.0) for r in set(rows["run_id"]))),
         "run_dirs": [Path(d).name for d in _unique(rows["run_dir"])] if "run_dir" in rows else [],
         "commands": _unique(rows["command"]) if "command" in rows else [],
         "versions": _unique(rows["versions"])[:1],
@@ -346,14 +360,14 @@ def _suite_name(frame: pd.DataFrame) -> str:
 def _evasion_entries(frame: pd.DataFrame, evaluations: dict[str, list[pd.DataFrame]]) -> list[dict]:
     """Entries of one evasion experiment; `evaluations` maps its experiment to further evaluations of its params."""
     out = []
+    if "split" in frame.columns:
+        # measured on the validation split: tuning, never a leaderboard number
+        frame = frame[frame["split"].fillna("test") != "validation"]
     clean = _select(frame, "clean", "accuracy")
     threats = frame[(frame["metric"].isin(["robust_accuracy", "certified_accuracy"])) & (frame["norm"] != "none")
                     & (frame["evaluator"] != "sanity")][["norm", "eps"]].drop_duplicates()
-    if "split" in frame.columns:
-        tuning = frame["split"].fillna("test") == "validation"
-        if tuning.any():  # measured on the validation split: tuning, never a leaderboard number
-            frame = frame[~tuning]
-            clean = _select(frame, "clean", "accuracy")
+    if clean.empty and threats.empty:
+        return []
     extra = evaluations.get(str(frame["experiment"].iloc[0]), [])
     for norm, eps in sorted(threats.itertuples(index=False), key=lambda t: (t[0] != "linf", t[0], t[1])):
         threat = threat_label(norm, eps)
@@ -364,7 +378,11 @@ def _evasion_entries(frame: pd.DataFrame, evaluations: dict[str, list[pd.DataFra
             cells["clean"] = make_cell(clean, label="clean accuracy")
         worst = _select(frame, "worst_case", "robust_accuracy", norm, eps)
         if not worst.empty:
-            cells["robust"] = make_cell(worst, label=f"robust accuracy, worst case over {_suite_name(frame)}")
+            attack_rows = _select(frame, None, None, norm, eps)
+            attack_rows = attack_rows[~attack_rows["evaluator"].isin(_NOT_SUITE_ATTACKS)
+                                      & attack_rows["metric"].isin(["robust_accuracy", "cumulative_robust_accuracy"])]
+            cells["robust"] = make_cell(worst, label=f"robust accuracy, worst case over {_suite_name(frame)}",
+                                        seconds=float(attack_rows["seconds"].astype(float).sum()))
         for attack in sorted(set(frame["evaluator"]) - _NOT_SUITE_ATTACKS):
             rows = _select(frame, attack, "robust_accuracy", norm, eps)
             if not rows.empty and not attack.startswith("certif"):
@@ -573,6 +591,8 @@ def build_entries(records: pd.DataFrame) -> list[dict]:
     records = latest_runs(records)
     parts = [with_experiment(group) for _, group in records.groupby("scenario", sort=True)]
     records = pd.concat(parts, ignore_index=True)
+    _RUN_SECONDS.clear()
+    _RUN_SECONDS.update(run_seconds(records))
     by_dir = {d: e for d, e in zip(records["run_dir"], records["experiment"]) if d}
     evaluations: dict[str, list[pd.DataFrame]] = {}
     trained = []
