@@ -21,7 +21,8 @@ HEADLINES = [
     ("MIA AUC (loss)", "privacy", "mia_loss_auc", False), ("MIA AUC (LiRA)", "privacy", "mia_lira_auc", False),
     ("audit epsilon LB", "privacy", "audit_lower_bound", False),
     ("copy agreement %", "theft", "copy_agreement_test", True), ("backdoor ASR %", "poisoning", "asr", True),
-    ("targeted poisoning %", "poisoning", "targeted_success", True), ("CA under poisoning %", "poisoning", "clean", True),
+    ("targeted poisoning %", "poisoning", "targeted_success", True),
+    ("CA under poisoning %", "poisoning", "clean", True),
 ]
 
 

@@ -54,7 +54,8 @@ function filter(table){var sel=document.querySelectorAll('[data-filter]'),shown=
   rows[r].hidden=!ok;if(ok)shown++;}
  var c=document.getElementById('shown');if(c)c.textContent=shown+' of '+rows.length+' rows shown';}
 document.querySelectorAll('table.sortable').forEach(function(t){
- Array.prototype.forEach.call(t.tHead.rows[0].cells,function(th,i){th.addEventListener('click',function(){sortBy(t,i,th);});});
+ Array.prototype.forEach.call(t.tHead.rows[0].cells,function(th,i){
+  th.addEventListener('click',function(){sortBy(t,i,th);});});
  document.querySelectorAll('[data-filter]').forEach(function(f){f.addEventListener('input',function(){filter(t);});
   f.addEventListener('change',function(){filter(t);});});
  filter(t);});
@@ -168,7 +169,8 @@ def all_page(entries: list[dict]) -> str:
     numeric = {6, 8, 9}
     head = "".join(f"<th{' class=numeric' if i in numeric else ''}>{e(h)}</th>" for i, h in enumerate(heads))
     text = (f"<p>{len(entries)} entries. Filter by dataset, threat model, defense and architecture; click a header to "
-            f"sort; each number links to its provenance.</p>{filters([r for r, _ in rows], FILTERS)}"
+            f"sort; each number links to its provenance.</p>"
+            f"{filters([r for r, _ in rows], FILTERS + [('family', 'family')])}"
             f"<table class=\"sortable\" id=\"entries\"><thead><tr>{head}</tr></thead><tbody>"
             f"{''.join(h for _, h in rows)}</tbody></table>")
     return page("Every entry", text, 0)
