@@ -24,7 +24,7 @@ Verdict per number, with d = measured - target in percentage points:
                    accuracies (epsilon);
 - within tolerance: |d| <= the tolerance written in the preset (`paper.tolerance`, percentage points);
 - not reproduced:  otherwise (also when the preset states no tolerance and the difference exceeds the noise).
-Writes results/reproduce/<preset>.md and .json and the summary results/reproduce/README.md over every preset
+Writes results/leaderboard/reproduce/<preset>.md and .json and the summary README.md there over every preset
 reproduced so far. Exit status 0 when the run and the comparison worked (whatever the verdicts), 1 with
 --strict when a number is not reproduced against its reference, 2 for bad input.
 """
@@ -280,9 +280,9 @@ def report_markdown(preset: str, ran: str, run_dir: Path, rows: list[dict], over
 
 
 def summary(out: Path) -> Path:
-    """results/reproduce/README.md: the verdicts of every preset reproduced so far (from their JSON files)."""
+    """README.md in `out`: the verdicts of every preset reproduced so far (from their JSON files there)."""
     lines = ["# Reproduce: verdicts per preset", "",
-             "Written by `python -m bench.reproduce` from results/reproduce/*.json; one row per compared number.", "",
+             "Written by `python -m bench.reproduce` from the *.json files beside it; one row per compared number.", "",
              "| preset | ran | threat | number | measured | reference | verdict (reference) | paper | verdict (paper) "
              "| overridden |", "|---|---|---|---|---|---|---|---|---|---|"]
     for path in sorted(out.glob("*.json")):
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full", action="store_true", help="run the full-scale preset the reduced one names")
     parser.add_argument("--reuse", metavar="RUN_DIR", help="judge the finished run in RUN_DIR instead of running")
     parser.add_argument("--runs", default=str(ROOT / "results" / "runs" / "reproduce"))
-    parser.add_argument("--out", default=str(ROOT / "results" / "reproduce"))
+    parser.add_argument("--out", default=str(ROOT / "results" / "leaderboard" / "reproduce"))
     parser.add_argument("--leaderboard", default=str(ROOT / "results" / "leaderboard"),
                         help="committed entries to take references from (default: %(default)s)")
     parser.add_argument("--presets-table", default=str(ROOT / "results" / "presets.md"))

@@ -157,6 +157,49 @@ def test_a_name_with_a_script_tag_renders_as_text(published):
     assert "<script>" not in md and "&lt;script&gt;" in md
 
 
+def test_the_site_is_self_contained_and_every_link_resolves(published):
+    from html.parser import HTMLParser
+
+    root, _, counts = published
+    out = root / "site"
+
+    class Links(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.refs, self.ids, self.scripts = [], set(), []
+
+        def handle_starttag(self, tag, attrs):
+            attrs = dict(attrs)
+            if "id" in attrs:
+                self.ids.add(attrs["id"])
+            if tag == "script" or (tag == "link" and "stylesheet" in (attrs.get("rel") or "")):
+                self.scripts.append(attrs)
+            for key in ("href", "src"):
+                if attrs.get(key):
+                    self.refs.append((tag, attrs[key]))
+
+    parsed = {}
+    for page in out.rglob("*.html"):
+        links = Links()
+        links.feed(page.read_text())
+        parsed[page.resolve()] = links
+    assert len(parsed) == counts["pages"]
+    followed = 0
+    for page, links in parsed.items():
+        assert links.scripts == [{}], page  # one inline script, no external script or stylesheet
+        for tag, ref in links.refs:
+            if ref.startswith(("http://", "https://")):
+                assert tag == "a", (page, ref)  # a paper's link may point out; nothing the page loads does
+                continue
+            path, _, fragment = ref.partition("#")
+            target = (page.parent / path).resolve()
+            assert target.is_file(), (page, ref)
+            if fragment:
+                assert fragment in parsed[target].ids, (page, ref)
+                followed += 1
+    assert followed > counts["entries"]  # the provenance links: at least one number per entry
+
+
 def test_boards_rank_by_the_written_rule(published):
     root, _, _ = published
     board = next(b for b in boards.build_boards(entries.load_entries(root / "lb"))
