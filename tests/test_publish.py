@@ -74,7 +74,7 @@ def make_runs(root: Path, *, hostile: str | None = None) -> Path:
 def published(tmp_path_factory):
     """Runs -> entries -> pages -> site, once for the module (the tests only read it)."""
     root = tmp_path_factory.mktemp("publish")
-    runs = make_runs(root, hostile="<script>alert('x')</script>")
+    runs = make_runs(root, hostile="<script>alert('$x')</script>")
     assert leaderboard.main([str(runs), "--out", str(root / "lb")]) == 0
     counts = site.build_site(root / "lb", root / "site")
     return root, runs, counts
@@ -152,7 +152,7 @@ def test_a_name_with_a_script_tag_renders_as_text(published):
         assert "<script>alert" not in text, page
         assert text.count("<script>") == 1  # the page's own inline script only
     board = next((root / "site" / "boards").glob("evasion-*.html")).read_text()
-    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in board
+    assert "&lt;script&gt;alert(&#x27;$x&#x27;)&lt;/script&gt;" in board  # and a $ never starts mathtext in a plot
     md = next((root / "lb" / "boards").glob("evasion-*.md")).read_text()
     assert "<script>" not in md and "&lt;script&gt;" in md
 
@@ -405,7 +405,7 @@ def test_the_site_in_a_real_headless_browser(published, tmp_path):
         rows = driver.find_elements(By.CSS_SELECTOR, "#entries tbody tr")
         assert len(rows) == counts["entries"]
         names = [r.find_element(By.CSS_SELECTOR, "td").text for r in rows]
-        assert "<script>alert('x')</script> standard" in names  # shown as text, not run
+        assert "<script>alert('$x')</script> standard" in names  # shown as text, not run
 
         def column(index):
             return [r.find_elements(By.TAG_NAME, "td")[index].text for r in

@@ -621,8 +621,21 @@ def entry_path(entry: dict) -> Path:
     return Path("entries") / slug(entry["dataset"]) / slug(entry["threat"]) / f"{entry['id']}.json"
 
 
+def _json_safe(value):
+    """NaN and inf (which JSON cannot hold) as strings, numpy scalars as Python numbers, everywhere in a value."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
 def dumps(entry: dict) -> str:
-    return json.dumps(entry, indent=1, sort_keys=True, allow_nan=False) + "\n"
+    return json.dumps(_json_safe(entry), indent=1, sort_keys=True, allow_nan=False) + "\n"
 
 
 def load_entries(folder) -> list[dict]:

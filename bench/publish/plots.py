@@ -31,9 +31,14 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
+def _plain(text) -> str:
+    """Text matplotlib shows as written (a `$` would start mathtext)."""
+    return str(text).replace("$", r"\$")
+
+
 def _label(entry) -> str:
     text = entry["name"]
-    return text if len(text) <= 40 else text[:37] + "..."
+    return _plain(text if len(text) <= 40 else text[:37] + "...")
 
 
 def draw_all(entries: list[dict], out: Path) -> dict[str, list[dict]]:
@@ -64,7 +69,7 @@ def draw_all(entries: list[dict], out: Path) -> dict[str, list[dict]]:
                 if suite and [y for _, y in suite] != ys:
                     ax.plot([x for x, _ in suite], [y for _, y in suite], ls="--", color=colour, alpha=.6)
             ax.set(xlabel=f"{norm} epsilon", ylabel="robust accuracy (%)", ylim=(0, 100),
-                   title=f"{dataset}: best-known robust accuracy against epsilon")
+                   title=_plain(f"{dataset}: best-known robust accuracy against epsilon"))
             ax.legend(fontsize=7)
             name = f"robust-vs-eps-{slug(dataset)}-{slug(norm)}.png"
             _save(fig, out / name)
@@ -86,7 +91,7 @@ def draw_all(entries: list[dict], out: Path) -> dict[str, list[dict]]:
                     ax.annotate(_label(e), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
                 ax.plot([p[0] for p in front], [p[1] for p in front], color="C3", label="Pareto front")
                 ax.set(xlabel="clean accuracy (%)", ylabel="best-known robust accuracy (%)",
-                       title=f"{dataset}, {threat}: clean against robust")
+                       title=_plain(f"{dataset}, {threat}: clean against robust"))
                 ax.legend(fontsize=7)
                 name = f"pareto-{slug(dataset)}-{slug(threat)}.png"
                 _save(fig, out / name)
@@ -101,7 +106,7 @@ def draw_all(entries: list[dict], out: Path) -> dict[str, list[dict]]:
                                label=cell.replace("_", "-") if i == 0 else None)
                 ax.set_xticks(range(len(certified)), [_label(e) for e in certified], rotation=20, fontsize=7,
                               ha="right")
-                ax.set(ylabel="accuracy (%)", ylim=(0, 100), title=f"{dataset}, {threat}: certified <= robust <= clean")
+                ax.set(ylabel="accuracy (%)", ylim=(0, 100), title=_plain(f"{dataset}, {threat}: certified <= robust <= clean"))
                 ax.legend(fontsize=7)
                 name = f"sandwich-{slug(dataset)}-{slug(threat)}.png"
                 _save(fig, out / name)
@@ -117,15 +122,15 @@ def draw_all(entries: list[dict], out: Path) -> dict[str, list[dict]]:
             groups.setdefault((e["architecture"], e["defense"]), []).append((x, y))
         for i, ((arch, defense), points) in enumerate(sorted(groups.items())):
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", color=f"C{i % 10}",
-                    label=f"{arch} {defense}")
+                    label=_plain(f"{arch} {defense}"))
         for i, e in enumerate(e for e in members if "epsilon" not in e["cells"]
                               or not isinstance(e["cells"]["epsilon"].get("value"), float)):
-            ax.axhline(_value(e, "accuracy"), ls=":", color="k", label=f"non-private {e['architecture']}"
+            ax.axhline(_value(e, "accuracy"), ls=":", color="k", label=_plain(f"non-private {e['architecture']}")
                        if i == 0 else None)
         if private:
             ax.set_xscale("log")
         ax.set(xlabel="epsilon (PLD accountant)", ylabel="test accuracy (%)", ylim=(0, 100),
-               title=f"{dataset}: privacy against utility")
+               title=_plain(f"{dataset}: privacy against utility"))
         ax.legend(fontsize=7)
         name = f"privacy-utility-{slug(dataset)}.png"
         _save(fig, out / name)
