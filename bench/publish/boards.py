@@ -166,7 +166,9 @@ def board_markdown(board: dict) -> str:
     lines = [f"# {_md_escape(board['title'])}", "", _md_escape(board["rule"]), "",
              "Made by `python -m bench.leaderboard` from the committed entries (results/leaderboard/entries), "
              "which are made from run records only. Values in %; each entry's JSON holds every number's seeds, n, "
-             "95% interval and provenance.", "",
+             "95% interval and provenance. `measured − reported` compares with the paper's number; for a reduced "
+             "preset that is the full-scale paper's (another dataset size and model), so a gap there is expected and "
+             "is no verdict: `python -m bench.reproduce PRESET` gives the verdicts (reproduce/).", "",
              "| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     for row in board["rows"]:
         reported = "; ".join(f"{r['key']}: {r['difference']:+.2f}" for r in row["reported"])

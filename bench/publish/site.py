@@ -134,7 +134,10 @@ def board_page(board: dict, plots: list[str]) -> str:
     images = "".join(f"<img src=\"../plots/{e(p)}\" alt=\"{e(p)}\">" for p in plots)
     text = (f"<p class=\"rule\">{e(board['rule'])}</p><p>Family <code>{e(board['family'])}</code>, dataset "
             f"<code>{e(board['dataset'])}</code>, threat <code>{e(board['threat'])}</code>. Each number links to its "
-            f"provenance. Click a header to sort.</p>{filters(board['rows'], FILTERS[2:])}"
+            f"provenance. Click a header to sort. <i>measured − reported</i> compares with the paper's number; for a "
+            f"reduced preset that is the full-scale paper's (another dataset size and model), so a gap there is "
+            f"expected and is no verdict (<code>python -m bench.reproduce</code> gives those).</p>"
+            f"{filters(board['rows'], FILTERS[2:])}"
             f"<table class=\"sortable\" id=\"board\"><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody>"
             f"</table><p><a href=\"{e(board['id'])}.csv\">CSV</a></p>{images}")
     return page(board["title"], text, 1)
