@@ -220,28 +220,30 @@ def compare(entries: list[dict], *, leaderboard: Path, presets_table: Path, pres
         tolerance = (entry.get("paper") or {}).get("tolerance")
         reference = reference_from_entries(entry, leaderboard, this_runs) or \
             reference_from_presets_table(preset, entry["threat"], presets_table)
-        reported = {r["cell"]: r for r in entry.get("reported", []) if r.get("cell")}
+        reported = [r for r in entry.get("reported", []) if r.get("cell") and r.get("measured") is not None]
         for cell_name in COMPARED.get(entry["family"], ("clean",)):
             cell = entry["cells"].get(cell_name)
             if cell is None or _pct(cell) is None:
                 continue
             measured = _pct(cell)
-            row = {"entry": entry["id"], "family": entry["family"], "threat": entry["threat"], "number": cell_name,
-                   "measured": measured, "n": cell["n"], "share": cell["share"], "tolerance": tolerance,
-                   "run_ids": cell["provenance"]["run_ids"]}
-            paper = reported.get(cell_name)
-            if paper is not None:
-                value = float(paper.get("accuracy", paper.get("value")))
-                row.update(paper=value, paper_key=paper["key"], paper_source=paper.get("source", ""))
-                v, d, noise = verdict(measured, cell["n"], value, None, share=cell["share"], tolerance=tolerance)
-                row.update(paper_verdict=v, paper_difference=d)
+            base = {"entry": entry["id"], "family": entry["family"], "threat": entry["threat"], "number": cell_name,
+                    "measured": measured, "n": cell["n"], "share": cell["share"], "tolerance": tolerance,
+                    "run_ids": cell["provenance"]["run_ids"]}
             ref = (reference or {}).get("cells", {}).get(cell_name)
             if ref is not None:
                 v, d, noise = verdict(measured, cell["n"], ref["value"], ref.get("n"), share=cell["share"],
                                       tolerance=tolerance)
-                row.update(reference=ref["value"], reference_source=reference["source"], reference_verdict=v,
-                           reference_difference=d, noise=noise)
-            rows.append(row)
+                base.update(reference=ref["value"], reference_source=reference["source"], reference_verdict=v,
+                            reference_difference=d, noise=noise)
+            papers = [r for r in reported if r["cell"] == cell_name]
+            for paper in papers or [None]:  # one row per reported number the cell is held to
+                row = dict(base)
+                if paper is not None:
+                    value = float(paper.get("accuracy", paper.get("value")))
+                    row.update(paper=value, paper_key=paper["key"], paper_source=paper.get("source", ""))
+                    v, d, _ = verdict(measured, cell["n"], value, None, share=cell["share"], tolerance=tolerance)
+                    row.update(paper_verdict=v, paper_difference=d)
+                rows.append(row)
     return rows
 
 
@@ -264,12 +266,13 @@ def report_markdown(preset: str, ran: str, run_dir: Path, rows: list[dict], over
               "<= the preset's `paper.tolerance`, else *not reproduced*. Paper numbers are full-scale (MNIST, the "
               "papers' models); a reduced run is held to them only for the record: its own target is the "
               "reference, the preset's earlier measured number.", "",
-              "| threat | number | measured | n | reference | d | noise | verdict (reference) | paper | d | verdict "
-              "(paper) | tolerance |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| threat | number | measured | n | reference | d | noise | verdict (reference) | paper | paper number | d "
+              "| verdict (paper) | tolerance |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['threat']} | {r['number']} | {_f(r['measured'])} | {r['n']} | {_f(r.get('reference'))} | "
                      f"{_f(r.get('reference_difference'))} | {_f(r.get('noise'))} | {r.get('reference_verdict', '')} "
-                     f"| {_f(r.get('paper'))} | {_f(r.get('paper_difference'))} | {r.get('paper_verdict', '')} | "
+                     f"| {r.get('paper_key', '')} | {_f(r.get('paper'))} | {_f(r.get('paper_difference'))} | "
+                     f"{r.get('paper_verdict', '')} | "
                      f"{'' if r['tolerance'] is None else r['tolerance']} |")
     sources = sorted({r["reference_source"] for r in rows if r.get("reference_source")})
     papers = sorted({f"{r['paper_key']}: {r['paper_source']}" for r in rows if r.get("paper_key")})
@@ -283,13 +286,14 @@ def summary(out: Path) -> Path:
     """README.md in `out`: the verdicts of every preset reproduced so far (from their JSON files there)."""
     lines = ["# Reproduce: verdicts per preset", "",
              "Written by `python -m bench.reproduce` from the *.json files beside it; one row per compared number.", "",
-             "| preset | ran | threat | number | measured | reference | verdict (reference) | paper | verdict (paper) "
-             "| overridden |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| preset | ran | threat | number | measured | reference | verdict (reference) | paper number | paper | "
+             "verdict (paper) | overridden |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for path in sorted(out.glob("*.json")):
         data = json.loads(path.read_text())
         for r in data["rows"]:
             lines.append(f"| {data['preset']} | {data['ran']} | {r['threat']} | {r['number']} | {_f(r['measured'])} | "
-                         f"{_f(r.get('reference'))} | {r.get('reference_verdict', '')} | {_f(r.get('paper'))} | "
+                         f"{_f(r.get('reference'))} | {r.get('reference_verdict', '')} | {r.get('paper_key', '')} | "
+                         f"{_f(r.get('paper'))} | "
                          f"{r.get('paper_verdict', '')} | {'yes' if data['overrides'] else ''} |")
     return atomic_write_bytes(out / "README.md", ("\n".join(lines) + "\n").encode())
 
@@ -322,10 +326,16 @@ def main(argv: list[str] | None = None) -> int:
             run(ran, run_dir, args.overrides)
         if args.autoattack and not (run_dir / "autoattack" / RECORDS_FILE).is_file():
             run_autoattack(ran, run_dir, args.overrides)
+        made_by = entries_mod._preset(run_dir)
+        if made_by is not None and made_by.split(" + ")[0] != ran:
+            raise BenchError(f"the run in {run_dir} is of preset {made_by.split(' + ')[0]}, not {ran}; pass that "
+                             "preset's name, or the folder of a run of this one")
+        if made_by is None and args.reuse:
+            print(f"warning: {run_dir} does not say which preset made it (no .hydra/hydra.yaml); judged as {ran}",
+                  file=sys.stderr)
         entries = entries_mod.build_entries(entries_mod.read_runs(run_dir))
-        if not any(e.get("preset") == ran for e in entries):
-            for e in entries:
-                e["preset"] = e.get("preset") or ran
+        for e in entries:
+            e["preset"] = e.get("preset") or ran
         rows = compare(entries, leaderboard=Path(args.leaderboard), presets_table=Path(args.presets_table),
                        preset=ran)
         if not rows:

@@ -374,6 +374,16 @@ def test_the_committed_pages_are_made_from_the_committed_entries(tmp_path):
             assert (copy / sub / page.name).read_text() == page.read_text(), f"{page} is stale: make leaderboard"
         assert sorted(p.name for p in (COMMITTED / sub).glob("*")) == sorted(p.name for p in (copy / sub).glob("*"))
     assert (copy / "README.md").read_text() == (COMMITTED / "README.md").read_text()
+    if (ROOT / "results" / "site" / "index.html").is_file():  # the committed site is what `make site` makes
+        site.build_site(copy, tmp_path / "site")
+        made = {p.relative_to(tmp_path / "site") for p in (tmp_path / "site").rglob("*") if p.is_file()}
+        kept = {p.relative_to(ROOT / "results" / "site") for p in (ROOT / "results" / "site").rglob("*")
+                if p.is_file() and "screenshots" not in p.parts}
+        assert made == kept
+        for rel in made:
+            if rel.suffix != ".png":
+                assert (tmp_path / "site" / rel).read_text() == (ROOT / "results" / "site" / rel).read_text(), \
+                    f"results/site/{rel} is stale: make site"
 
 
 # --- a real browser -------------------------------------------------------------------------------------------

@@ -326,7 +326,7 @@ def _finish(entry: dict) -> dict:
         if entry["family"] == "privacy" and "epsilon" in rep:  # only at a comparable privacy budget
             eps = cells.get("epsilon", {}).get("value")
             if not isinstance(eps, float) or not (0.67 <= float(rep["epsilon"]) / eps <= 1.5):
-                comparisons.append({**rep, "cell": target, "measured": None, "difference": None,
+                comparisons.append({**rep, "cell": None, "measured": None, "difference": None,
                                     "note": "another privacy budget"})
                 continue
         measured = pct(target) if target in cells else None
