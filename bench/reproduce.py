@@ -55,7 +55,8 @@ Z95 = 1.959963984540054
 COMPARED = {"evasion": ("clean", "robust", "autoattack", "best_known", "certified"),
             "privacy": ("accuracy", "epsilon", "audit_lower_bound", "mia_loss_auc", "mia_lira_auc"),
             "poisoning": ("clean", "asr", "ra", "targeted_success", "clean_training"),
-            "theft": ("clean", "copy_accuracy", "copy_agreement_test")}
+            "theft": ("clean", "copy_accuracy", "copy_agreement_test"),
+            "blackbox": ("clean", "substitute", "transferred")}
 PRESETS_TABLE_COLUMNS = {"clean %": "clean", "robust %": "robust", "AutoAttack %": "autoattack"}
 
 

@@ -4,8 +4,9 @@ Evasion boards rank by best-known robust accuracy (the lowest robust accuracy an
 model found: the suite's per-example worst case, the transfer check, further evaluations such as AutoAttack),
 higher first, ties broken by clean accuracy; certified accuracy has its own column and its own board
 (ranked by certified accuracy). Privacy boards (one per epsilon) rank by test accuracy; poisoning boards by
-attack success rate, lower first; theft boards by the copy's agreement with the victim, lower first. Boards of
-other families list their entries unranked. Entries without the ranking number come last, unranked.
+attack success rate, lower first; theft boards by the copy's agreement with the victim, lower first; black-box
+boards by the oracle's accuracy on transferred examples, higher first; boards of other families list their entries
+unranked. Entries without the ranking number come last, unranked.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ RULES = {
                 "delta as recorded), higher first; ties by lower LiRA / loss-threshold AUC."),
     "poisoning": ("asr", False, "Ranked by attack success rate on triggered test inputs (or targeted success), "
                   "lower first; ties by higher clean accuracy."),
+    "blackbox": ("transferred", True, "Ranked by the oracle's accuracy on adversarial examples crafted on a "
+                 "substitute trained from its answers (Papernot et al.'s black-box attack), after the last round, "
+                 "higher first; ties by clean accuracy."),
     "theft": ("copy_agreement_test", False, "Ranked by how often the stolen copy agrees with the victim on test "
               "inputs at the largest query budget, lower first (harder to steal); ties by higher victim accuracy."),
 }
@@ -44,6 +48,9 @@ PRIVACY_COLUMNS = [("accuracy", "accuracy %", "accuracy"), ("epsilon", "epsilon 
 POISONING_COLUMNS = [("clean", "CA %", "clean"), ("asr", "ASR %", "asr"), ("ra", "RA %", "ra"),
                      ("targeted_success", "targeted success %", "targeted_success"),
                      ("clean_training", "CA without poisons %", "clean_training")]
+BLACKBOX_COLUMNS = [("clean", "oracle clean %", "clean"), ("transferred", "oracle on transferred %", "transferred"),
+                    ("error_rate", "transfer error %", "error_rate"), ("substitute", "substitute %", "substitute"),
+                    ("queries", "queries", "queries")]
 THEFT_COLUMNS = [("clean", "victim accuracy %", "clean"), ("copy_accuracy", "copy accuracy %", "copy_accuracy"),
                  ("copy_agreement_test", "agreement (test) %", "copy_agreement_test"),
                  ("copy_agreement_uniform", "agreement (uniform) %", "copy_agreement_uniform"),
@@ -68,7 +75,8 @@ def _columns(family: str, entries: list[dict], board_kind: str) -> list[tuple[st
                 ("certified", "certified %", "certified")]
     if family == "evasion":
         return [c for c in EVASION_COLUMNS if any(c[2] in e["cells"] for e in entries)]
-    fixed = {"privacy": PRIVACY_COLUMNS, "poisoning": POISONING_COLUMNS, "theft": THEFT_COLUMNS}.get(family)
+    fixed = {"privacy": PRIVACY_COLUMNS, "poisoning": POISONING_COLUMNS, "theft": THEFT_COLUMNS,
+             "blackbox": BLACKBOX_COLUMNS}.get(family)
     if fixed is not None:
         shown = [c for c in fixed if any(c[2] in e["cells"] for e in entries)]
         extra = sorted({k for e in entries for k in e["cells"]} - {c[2] for c in fixed} - {"clean"})

@@ -20,7 +20,8 @@ HEADLINES = [
     ("DP epsilon", "privacy", "epsilon", False), ("DP accuracy %", "privacy", "accuracy", False),
     ("MIA AUC (loss)", "privacy", "mia_loss_auc", False), ("MIA AUC (LiRA)", "privacy", "mia_lira_auc", False),
     ("audit epsilon LB", "privacy", "audit_lower_bound", False),
-    ("copy agreement %", "theft", "copy_agreement_test", True), ("backdoor ASR %", "poisoning", "asr", True),
+    ("copy agreement %", "theft", "copy_agreement_test", True),
+    ("black-box transfer: oracle %", "blackbox", "transferred", True), ("backdoor ASR %", "poisoning", "asr", True),
     ("targeted poisoning %", "poisoning", "targeted_success", True),
     ("CA under poisoning %", "poisoning", "clean", True),
 ]

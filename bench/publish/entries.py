@@ -14,6 +14,7 @@ Families (the records' `scenario`):
 - privacy: one entry per experiment, threat `dp eps=<epsilon>` (PLD accountant; inf when not private).
 - poisoning: one entry per experiment, threat `poisoning <attack> <ratio>`.
 - theft: one entry per (experiment, API output and defense), threat `theft <output>/<defense>`.
+- blackbox: one entry per (experiment, attack, norm, eps), threat `blackbox <attack> <norm> <eps>`.
 - any other scenario (transfer, blackbox, physical, and those to come): one entry per experiment with a cell
   per (evaluator, metric, distinguishing columns), not ranked.
 """
@@ -549,6 +550,37 @@ def _theft_entries(frame: pd.DataFrame) -> list[dict]:
     return out
 
 
+def _blackbox_entries(frame: pd.DataFrame) -> list[dict]:
+    """One entry per (attack, norm, eps) crafted on the substitute: the oracle's accuracy on what transferred after
+    the last round, the substitute's accuracy then, the oracle's clean accuracy and the queries spent."""
+    out = []
+    transfer = frame[(frame["evaluator"] == "transfer") & (frame["metric"] == "oracle_accuracy")]
+    if transfer.empty or "round" not in transfer:
+        return _generic_entries(frame)
+    last = transfer["round"].max()
+    for (attack, norm, eps), rows in transfer[transfer["round"] == last].groupby(["attack", "norm", "eps"]):
+        entry = _base(frame, "blackbox", f"blackbox {attack} {threat_label(norm, eps)}")
+        entry["eps"], entry["norm"] = float(eps), str(norm)
+        cells = entry["cells"]
+        oracle = _select(frame, "oracle", "accuracy")
+        if not oracle.empty:
+            cells["clean"] = make_cell(oracle, label="oracle clean accuracy")
+        cells["transferred"] = make_cell(rows, label=f"oracle accuracy on {attack} examples crafted on the "
+                                                     f"substitute (round {last:g})")
+        error = _select(frame[frame["round"] == last], "transfer", "error_rate", norm, eps)
+        error = error[error["attack"] == attack] if "attack" in error else error
+        if not error.empty:
+            cells["error_rate"] = make_cell(error, label="transfer error rate on the oracle's correct examples")
+        substitute = frame[(frame["evaluator"] == "substitute") & (frame["round"] == last)]
+        if not substitute.empty:
+            cells["substitute"] = make_cell(substitute, label=f"substitute accuracy (round {last:g})")
+        queries = _select(frame, "api", "queries")
+        if not queries.empty:
+            cells["queries"] = make_cell(queries, label="oracle queries spent", share=False)
+        out.append(_finish(entry))
+    return out
+
+
 def _generic_entries(frame: pd.DataFrame) -> list[dict]:
     family = str(frame["scenario"].iloc[0])
     entry = _base(frame, family, family)
@@ -569,7 +601,8 @@ def _generic_entries(frame: pd.DataFrame) -> list[dict]:
     return [_finish(entry)]
 
 
-FAMILIES = {"evasion": None, "privacy": _privacy_entries, "poisoning": _poisoning_entries, "theft": _theft_entries}
+FAMILIES = {"evasion": None, "privacy": _privacy_entries, "poisoning": _poisoning_entries, "theft": _theft_entries,
+            "blackbox": _blackbox_entries}
 
 
 def _parent_experiment(frame: pd.DataFrame, by_dir: dict[str, str]) -> str | None:
