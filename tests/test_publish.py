@@ -44,7 +44,7 @@ def make_runs(root: Path, *, hostile: str | None = None) -> Path:
     """Two seeds of a PGD-trained model, a further AutoAttack evaluation of seed 0's parameters (lower), a standard
     model, a certified one, a DP run and a poisoning run; `hostile` names the standard model."""
     runs = root / "runs"
-    pgd = {"defense": {"_target_": "pgd_at"}, "paper": {"tolerance": 2.0}}
+    pgd = {"defense": {"_target_": "pgd_at"}, "paper": {"tolerance": 2.0}, "reduced_of": "madry_mnist"}
     write_run(runs / "pgd0", evasion_rows(0.979, 0.881), config=pgd, seed=0, defense="pgd_at")
     write_run(runs / "pgd1", evasion_rows(0.975, 0.885), config=pgd, seed=1, defense="pgd_at")
     aa = [records.row("clean", "accuracy", 0.979, 1000), records.row(
@@ -76,6 +76,9 @@ def published(tmp_path_factory):
     root = tmp_path_factory.mktemp("publish")
     runs = make_runs(root, hostile="<script>alert('$x')</script>")
     assert leaderboard.main([str(runs), "--out", str(root / "lb")]) == 0
+    assert reproduce.main(["madry_mnist_reduced", "--reuse", str(runs / "pgd0"), "--out",
+                           str(root / "lb" / "reproduce"), "--leaderboard", str(root / "none"), "--presets-table",
+                           str(root / "none.md")]) == 0
     counts = site.build_site(root / "lb", root / "site")
     return root, runs, counts
 
@@ -110,6 +113,11 @@ def test_entries_equal_what_the_records_say(published):
     assert flags == {"stronger attack beats the suite": "major"}  # 88.3 -> 84.1: more than 2 points
     assert entry["unreliable"] and entry["reliability"] == "unreliable"
     assert entry["paper"]["tolerance"] == 2.0
+    # the full-scale paper's numbers (conf/experiment/madry_mnist.yaml), each held to its cell
+    reported = {r["key"]: r for r in entry["reported"]}
+    assert reported["clean"]["measured"] == entry["clean_acc"]
+    assert reported["clean"]["difference"] == pytest.approx(entry["clean_acc"] - reported["clean"]["value"], abs=0.01)
+    assert reported["autoattack"]["cell"] == "best_known" and reported["pgd100"]["cell"] == "robust"
     # no AutoAttack for the standard model: graded, not silent
     std = [e for e in entries.load_entries(root / "lb") if e["defense"] == "standard" and e["family"] == "evasion"][0]
     assert {f["flag"] for f in std["flags"]} == {"evaluation missing"} and std["reliability"] == "caution"
@@ -198,6 +206,8 @@ def test_the_site_is_self_contained_and_every_link_resolves(published):
                 assert fragment in parsed[target].ids, (page, ref)
                 followed += 1
     assert followed > counts["entries"]  # the provenance links: at least one number per entry
+    verdicts = (out / "reproduce.html").read_text()
+    assert "madry_mnist_reduced" in verdicts and "pgd100" in verdicts and "a class=\"prov\"" in verdicts
 
 
 def test_boards_rank_by_the_written_rule(published):
@@ -368,6 +378,8 @@ def test_the_committed_pages_are_made_from_the_committed_entries(tmp_path):
             assert cell["provenance"]["run_ids"], (entry["id"], name)
     copy = tmp_path / "lb"
     shutil.copytree(COMMITTED / "entries", copy / "entries")
+    if (COMMITTED / "reproduce").is_dir():
+        shutil.copytree(COMMITTED / "reproduce", copy / "reproduce")
     assert leaderboard.main(["--rebuild", "--out", str(copy)]) == 0
     for sub in ("boards", "cards"):
         for page in (COMMITTED / sub).glob("*"):

@@ -253,7 +253,52 @@ def card_page(model_id: str, entries: list[dict]) -> str:
     return page(f"Model card: {model_id}", text, 1)
 
 
-def index_page(boards: list[dict], models: dict, plots: dict[str, list[str]], n_entries: int) -> str:
+def reproduce_page(verdicts: list[dict], entry_ids: set[str]) -> str:
+    """The verdicts of `python -m bench.reproduce` (its JSON files), each measured number linked to its entry."""
+    heads = ["preset", "ran", "threat", "number", "measured", "n", "reference", "verdict (reference)",
+             "paper number", "paper", "verdict (paper)", "tolerance", "overridden"]
+    body = []
+    for data in verdicts:
+        for r in data["rows"]:
+            row = {"dataset": "", "threat": r["threat"], "defense": "", "architecture": "", "family": r["family"],
+                   "reliability": ""}
+            linked = r["entry"] in entry_ids
+            measured = number_cell(round(r["measured"], 2), r["entry"], r["number"], 0) if linked else \
+                f"<td class=\"num\">{e(_fmt(r['measured']))}</td>"
+            cells = [f"<td>{e(data['preset'])}</td>", f"<td>{e(data['ran'])}</td>", f"<td>{e(r['threat'])}</td>",
+                     f"<td>{e(r['number'])}</td>", measured, f"<td class=\"num\">{e(r['n'])}</td>",
+                     f"<td class=\"num\">{e(_fmt(r.get('reference')))}</td>",
+                     f"<td>{e(r.get('reference_verdict', ''))}</td>", f"<td>{e(r.get('paper_key', ''))}</td>",
+                     f"<td class=\"num\">{e(_fmt(r.get('paper')))}</td>", f"<td>{e(r.get('paper_verdict', ''))}</td>",
+                     f"<td class=\"num\">{e(r.get('tolerance') if r.get('tolerance') is not None else '')}</td>",
+                     f"<td>{'yes' if data.get('overrides') else ''}</td>"]
+            body.append(f"<tr {_row_attrs(row)}>{''.join(cells)}</tr>")
+    head = "".join(f"<th>{e(h)}</th>" for h in heads)
+    text = ("<p>Made by <code>python -m bench.reproduce PRESET</code> (results/leaderboard/reproduce/*.json). "
+            "<i>reproduced</i>: the difference is within the 95% sampling noise; <i>within tolerance</i>: within the "
+            "preset's <code>paper.tolerance</code> (percentage points); else <i>not reproduced</i>. The reference is "
+            "the preset's earlier measured number; paper numbers are full-scale, so a reduced run is held to them "
+            "for the record only.</p>"
+            f"<table class=\"sortable\" id=\"verdicts\"><thead><tr>{head}</tr></thead><tbody>{''.join(body)}"
+            "</tbody></table>")
+    return page("Reproduce: verdicts", text, 0)
+
+
+def _verdicts(leaderboard_dir: Path) -> list[dict]:
+    folder = Path(leaderboard_dir) / "reproduce"
+    found = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            data = json.loads(path.read_text())
+            if isinstance(data, dict) and isinstance(data.get("rows"), list):
+                found.append(data)
+        except ValueError:
+            raise BenchError(f"{path} is not valid JSON; rerun `python -m bench.reproduce` for that preset") from None
+    return found
+
+
+def index_page(boards: list[dict], models: dict, plots: dict[str, list[str]], n_entries: int,
+               verdicts: bool = False) -> str:
     heads = ["leaderboard", "kind", "dataset", "threat model", "entries", "ranked by"]
     rows = []
     for b in boards:
@@ -269,7 +314,8 @@ def index_page(boards: list[dict], models: dict, plots: dict[str, list[str]], n_
     text = (f"<p>{n_entries} entries, {len(boards)} leaderboards, {len(models)} model cards, "
             f"{sum(len(v) for v in plots.values())} plots, built by <code>make site</code> from the committed "
             "entries (results/leaderboard/entries), which are made from run records only. "
-            "<a href=\"all.html\">Every entry in one table</a>.</p>"
+            "<a href=\"all.html\">Every entry in one table</a>."
+            + (" <a href=\"reproduce.html\">Reproduce verdicts</a>." if verdicts else "") + "</p>"
             f"{filters([r for r, _ in rows], FILTERS[:2])}<table class=\"sortable\" id=\"boards\"><thead><tr>{head}"
             f"</tr></thead><tbody>{''.join(h for _, h in rows)}</tbody></table>"
             f"<h2>Model cards</h2><ul>{cards}</ul><h2>Plots</h2>{images}")
@@ -309,7 +355,12 @@ def build_site(leaderboard_dir, out) -> dict:
 
         write(f"cards/{model_id}.yaml", yaml.safe_dump(cards_mod.model_index(model_id, members), sort_keys=False))
     write("all.html", all_page(entries))
-    write("index.html", index_page(boards, models, plots, len(entries)))
+    verdicts = _verdicts(leaderboard_dir)
+    if verdicts:
+        write("reproduce.html", reproduce_page(verdicts, {x["id"] for x in entries}))
+    elif (out / "reproduce.html").exists():
+        (out / "reproduce.html").unlink()
+    write("index.html", index_page(boards, models, plots, len(entries), verdicts=bool(verdicts)))
     return {"entries": len(entries), "pages": pages, "plots": sum(len(v) for v in plots.values()),
             "boards": len(boards), "cards": len(models)}
 
