@@ -365,6 +365,26 @@ def test_a_model_trained_elsewhere_gets_on_the_leaderboard(tmp_path, capsys):
     assert "takes no gamma" in capsys.readouterr().err
 
 
+def test_a_flax_module_and_its_params_file_are_evaluated_as_saved(tmp_path):
+    import jax
+
+    from bench import byom, data, evaluate, models
+
+    d = data.digits()
+    module = models.mlp(d.num_classes, d.mean, d.std, hidden=(16,))
+    params = models.init_params(module, jax.random.key(3), d.image_shape)
+    models.save_params(tmp_path / "p.msgpack", params, (d.mean, d.std))
+    run = tmp_path / "run"
+    assert byom.main(["--flax", "bench.models:mlp", "--params", str(tmp_path / "p.msgpack"), "--arg", "hidden=[16]",
+                      "--name", "mlp16", "--dataset", "digits", "suite.eps=[0.1]", "suite.n_examples=40",
+                      "suite.attacks.pgd.steps=3", "suite.sanity=false", "--out", str(run)]) == 0
+    frame = pd.read_parquet(run / records.RECORDS_FILE)
+    clean = frame[(frame.evaluator == "clean") & (frame.metric == "accuracy")].value.iloc[0]
+    assert clean == pytest.approx(evaluate.accuracy(models.make_logits_fn(module), params, d.x_test[:40],
+                                                    d.y_test[:40]))
+    assert json.loads(frame.config.iloc[0])["model"]["byom"]["flax"] == "bench.models:mlp"
+
+
 # --- the committed results ------------------------------------------------------------------------------------
 
 COMMITTED = ROOT / "results" / "leaderboard"
