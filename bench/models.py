@@ -13,6 +13,10 @@ Architectures (conv: filters, kernel, stride):
                 128-3-1, Dense(512), Dense(classes).
 All activations are ReLU; padding is SAME for DM-medium/large.
 
+Every conv net takes `conv=` ("auto", "lax" or "matmul"; bench/conv.py): how its convolutions are computed.
+"auto" (the default) is the patch + matmul form on the CPU, where XLA's own kernel is slow for the attacks'
+input gradients, and `lax.conv_general_dilated` elsewhere. The parameters are the same either way.
+
 With max-pooling (`PoolConvNet`; conv: filters, kernel, padding, stride 1):
 - `madry_cnn`:       conv 32-5x5 SAME, max-pool 2x2, conv 64-5x5 SAME, max-pool 2x2, Dense(1024),
                      Dense(classes): the MNIST net of Madry et al. 2017 (MadryLab/mnist_challenge).
@@ -30,6 +34,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from bench.conv import conv_for
 
 LogitsFn = Callable[[dict, jax.Array], jax.Array]
 
@@ -52,13 +58,16 @@ class ConvNet(nn.Module):
     std: tuple[float, ...]
     convs: Sequence[tuple[int, int, int, str | int]] = ()
     dense: Sequence[int] = ()
+    conv: str = "auto"
 
     @nn.compact
     def __call__(self, x):
         x = Normalize(tuple(self.mean), tuple(self.std))(x)
+        conv = conv_for(self.conv)
         for filters, kernel, stride, padding in self.convs:
             pad = padding if isinstance(padding, str) else ((padding, padding), (padding, padding))
-            x = nn.relu(nn.Conv(filters, (kernel, kernel), strides=(stride, stride), padding=pad)(x))
+            x = nn.relu(nn.Conv(filters, (kernel, kernel), strides=(stride, stride), padding=pad,
+                                conv_general_dilated=conv)(x))
         x = x.reshape(x.shape[0], -1)
         for width in self.dense:
             x = nn.relu(nn.Dense(width)(x))
@@ -77,15 +86,17 @@ class PoolConvNet(nn.Module):
     std: tuple[float, ...]
     features: Sequence[tuple] = ()
     dense: Sequence[int] = ()
+    conv: str = "auto"
 
     @nn.compact
     def __call__(self, x):
         x = Normalize(tuple(self.mean), tuple(self.std))(x)
+        conv = conv_for(self.conv)
         for layer in self.features:
             kind = layer[0]
             if kind == "conv":
                 _, filters, kernel, padding = layer
-                x = nn.relu(nn.Conv(filters, (kernel, kernel), padding=padding)(x))
+                x = nn.relu(nn.Conv(filters, (kernel, kernel), padding=padding, conv_general_dilated=conv)(x))
             elif kind == "pool":
                 _, window, padding = layer
                 x = nn.max_pool(x, (window, window), strides=(window, window), padding=padding)
@@ -102,33 +113,34 @@ def mlp(num_classes: int, mean, std, hidden: Sequence[int] = (256, 256)) -> Conv
     return ConvNet(num_classes, tuple(mean), tuple(std), convs=(), dense=tuple(hidden))
 
 
-def cnn_small(num_classes: int, mean, std) -> ConvNet:
+def cnn_small(num_classes: int, mean, std, conv: str = "auto") -> ConvNet:
     """2 conv + 2 dense (Wong & Kolter 2018; Wong, Rice & Kolter 2020 MNIST)."""
-    return ConvNet(num_classes, tuple(mean), tuple(std), convs=((16, 4, 2, 1), (32, 4, 2, 1)), dense=(100,))
+    return ConvNet(num_classes, tuple(mean), tuple(std), convs=((16, 4, 2, 1), (32, 4, 2, 1)), dense=(100,),
+                   conv=conv)
 
 
-def cnn_medium(num_classes: int, mean, std) -> ConvNet:
+def cnn_medium(num_classes: int, mean, std, conv: str = "auto") -> ConvNet:
     """DM-medium (Gowal et al. 2018)."""
     convs = ((32, 3, 1, "SAME"), (32, 4, 2, "SAME"), (64, 3, 1, "SAME"), (64, 4, 2, "SAME"))
-    return ConvNet(num_classes, tuple(mean), tuple(std), convs=convs, dense=(512, 512))
+    return ConvNet(num_classes, tuple(mean), tuple(std), convs=convs, dense=(512, 512), conv=conv)
 
 
-def cnn_large(num_classes: int, mean, std) -> ConvNet:
+def cnn_large(num_classes: int, mean, std, conv: str = "auto") -> ConvNet:
     """DM-large (Gowal et al. 2018)."""
     convs = ((64, 3, 1, "SAME"), (64, 3, 1, "SAME"), (128, 3, 2, "SAME"), (128, 3, 1, "SAME"), (128, 3, 1, "SAME"))
-    return ConvNet(num_classes, tuple(mean), tuple(std), convs=convs, dense=(512,))
+    return ConvNet(num_classes, tuple(mean), tuple(std), convs=convs, dense=(512,), conv=conv)
 
 
-def madry_cnn(num_classes: int, mean, std) -> PoolConvNet:
+def madry_cnn(num_classes: int, mean, std, conv: str = "auto") -> PoolConvNet:
     """Madry et al. 2017 MNIST CNN: conv 32-5x5, pool 2, conv 64-5x5, pool 2 (all SAME), Dense(1024).
 
     28x28 inputs give 7x7x64 = 3,136 features before the dense layer, as in the paper's model.
     """
     features = (("conv", 32, 5, "SAME"), ("pool", 2, "SAME"), ("conv", 64, 5, "SAME"), ("pool", 2, "SAME"))
-    return PoolConvNet(num_classes, tuple(mean), tuple(std), features=features, dense=(1024,))
+    return PoolConvNet(num_classes, tuple(mean), tuple(std), features=features, dense=(1024,), conv=conv)
 
 
-def trades_smallcnn(num_classes: int, mean, std) -> PoolConvNet:
+def trades_smallcnn(num_classes: int, mean, std, conv: str = "auto") -> PoolConvNet:
     """TRADES MNIST SmallCNN (Zhang et al. 2019): four unpadded 3x3 convs with two 2x2 max-pools, Dense(200) x2.
 
     28x28 inputs give 4x4x64 = 1,024 features before the dense layers, as in the reference model. The
@@ -139,7 +151,7 @@ def trades_smallcnn(num_classes: int, mean, std) -> PoolConvNet:
     """
     features = (("conv", 32, 3, "VALID"), ("conv", 32, 3, "VALID"), ("pool", 2, "VALID"),
                 ("conv", 64, 3, "VALID"), ("conv", 64, 3, "VALID"), ("pool", 2, "VALID"))
-    return PoolConvNet(num_classes, tuple(mean), tuple(std), features=features, dense=(200, 200))
+    return PoolConvNet(num_classes, tuple(mean), tuple(std), features=features, dense=(200, 200), conv=conv)
 
 
 # Every architecture by name (the transfer scenario's `arch:`); conf/model/<name>.yaml names the same functions.

@@ -101,7 +101,10 @@ def parse_args(argv=None):
     parser.add_argument("--epochs", type=int, default=3, help="standard-training epochs when --params is not given")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per configuration at eps 0.3 (median)")
-    parser.add_argument("--batch-sizes", default="250,500,1000", help="our PGD batch sizes, comma separated")
+    parser.add_argument("--batch-sizes", default="100,250,1000", help="our PGD batch sizes, comma separated")
+    parser.add_argument("--lax-batch", type=int, default=1000,
+                        help="also time ours with conv='lax' (XLA's own convolution, the form before bench/conv.py) "
+                             "at this batch size, as the before row (0: skip)")
     parser.add_argument("--n-images", type=int, default=1000, help="first N of the 1,000 test images (smoke runs)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: the cores)")
     parser.add_argument("--diagnostic-threads", type=int, default=1,
@@ -125,6 +128,8 @@ def main(argv=None) -> None:
     n = len(y_test)
     model = models.cnn_small(data.num_classes, data.mean, data.std)
     logits_fn = models.make_logits_fn(model)
+    # The same parameters through lax.conv_general_dilated: the "before" row.
+    logits_fn_lax = models.make_logits_fn(models.cnn_small(data.num_classes, data.mean, data.std, conv="lax"))
     # The same key split as `python -m bench`, so seed 0 here and there start from the same init.
     init_key, train_key, attack_key = jax.random.split(jax.random.key(args.seed), 3)
     params = models.init_params(model, init_key, data.image_shape)
@@ -164,11 +169,11 @@ def main(argv=None) -> None:
 
     # --- the contenders: ours at each batch size, torchattacks on the whole set ------------------
     batches = {b: [(jax.device_put(x_test[s:s + b]), jax.device_put(y_test[s:s + b])) for s in range(0, n, b)]
-               for b in batch_sizes}
+               for b in {*batch_sizes, *([args.lax_batch] if args.lax_batch else [])}}
 
-    def run_ours(eps: float, batch: int) -> np.ndarray:
+    def run_ours(eps: float, batch: int, fn=logits_fn) -> np.ndarray:
         attack = pgd(norm="linf", eps=eps, steps=STEPS, step_size=STEP_SIZE, random_start=True)
-        outs = [attack(logits_fn, params, xb, yb, jax.random.fold_in(attack_key, i))
+        outs = [attack(fn, params, xb, yb, jax.random.fold_in(attack_key, i))
                 for i, (xb, yb) in enumerate(batches[batch])]
         return np.asarray(jax.block_until_ready(jnp.concatenate(outs)))
 
@@ -184,7 +189,12 @@ def main(argv=None) -> None:
         with torch.no_grad():
             return float((net(to_nchw(x_adv)).argmax(1) == y_torch).float().mean())
 
-    contenders = [("bench.attacks.pgd", b, lambda eps, b=b: run_ours(eps, b), jax_robust_acc) for b in batch_sizes]
+    conv = "matmul" if models.conv_for("auto") is not jax.lax.conv_general_dilated else "lax"
+    ours = f"bench.attacks.pgd (conv {conv})"
+    contenders = [(ours, b, lambda eps, b=b: run_ours(eps, b), jax_robust_acc) for b in batch_sizes]
+    if args.lax_batch:
+        contenders.append(("bench.attacks.pgd (conv lax, before)", args.lax_batch,
+                           lambda eps: run_ours(eps, args.lax_batch, logits_fn_lax), jax_robust_acc))
     contenders.append(("torchattacks.PGD", n, run_torch, torch_robust_acc))
     diagnostic = None
     if args.diagnostic_threads and args.diagnostic_threads != threads:
@@ -275,7 +285,7 @@ def main(argv=None) -> None:
             "",
             f"The row `{diagnostic}` is a diagnostic, not the comparison: the same attack with torch limited to "
             f"{args.diagnostic_threads} thread(s). Against it, the ratio for ours at batch {max(batch_sizes)} is "
-            f"{results[diagnostic, n]['median'] / results['bench.attacks.pgd', max(batch_sizes)]['median']:.2f}.",
+            f"{results[diagnostic, n]['median'] / results[ours, max(batch_sizes)]['median']:.2f}.",
         ]
     lines += [
         "",

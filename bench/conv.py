@@ -1,0 +1,103 @@
+"""Convolutions as patch extraction + one matmul, for the CPU.
+
+On XLA:CPU the input gradient of a small strided convolution, when it is traced inside a loop body
+(`lax.fori_loop`, the attacks' loops), is emitted as generic loop code instead of the fast convolution
+kernel; those gradients were most of PGD's time (results/speed.md). Written as strided slices (one per
+kernel offset), a concatenation and a matmul, the forward pass and both gradients are slices, pads and
+matmuls, which XLA:CPU runs at close to its matmul rate.
+
+A strided convolution whose kernel the stride divides (cnn_small's 4x4 stride 2) is first rewritten as a
+stride-1 convolution on the space-to-depth image (each s x s block of pixels becomes s*s*C channels, the
+kernel is rearranged to match), which needs (k/s)^2 slices instead of k^2.
+
+`matmul_conv` has `lax.conv_general_dilated`'s signature, so Flax takes it through `nn.Conv`'s own
+`conv_general_dilated=` hook: the parameter tree (`kernel` HWIO, `bias`) does not change and saved
+parameters load into either form. `conv_for(impl)` picks the implementation: "lax", "matmul", or "auto"
+(matmul on the CPU backend, `lax.conv_general_dilated` on GPU and TPU, where the vendor kernels win).
+`tests/test_models.py` holds both forms equal on every architecture, outputs and gradients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+CONV_IMPLS = ("auto", "lax", "matmul")
+
+
+def _nhwc_hwio(dimension_numbers) -> bool:
+    if dimension_numbers is None:
+        return False
+    lhs, rhs, out = dimension_numbers
+    return tuple(lhs) == (0, 3, 1, 2) and tuple(rhs) == (3, 2, 0, 1) and tuple(out) == (0, 3, 1, 2)
+
+
+def matmul_conv(lhs, rhs, window_strides: Sequence[int], padding, lhs_dilation=None, rhs_dilation=None,
+                dimension_numbers=None, feature_group_count: int = 1, precision=None, **kwargs):
+    """A 2-D NHWC/HWIO convolution as strided slices + concatenation + matmul.
+
+    Anything else (other layouts, dilation, grouped convolutions, other ranks) goes to
+    `lax.conv_general_dilated` unchanged, so this is a drop-in replacement.
+    """
+    dilated = any(d != 1 for d in (lhs_dilation or ())) or any(d != 1 for d in (rhs_dilation or ()))
+    dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) if dimension_numbers else None
+    if lhs.ndim != 4 or dilated or feature_group_count != 1 or kwargs or not _nhwc_hwio(dn):
+        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+                                        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+                                        feature_group_count=feature_group_count, precision=precision, **kwargs)
+    kh, kw, cin, cout = rhs.shape
+    sh, sw = window_strides
+    if isinstance(padding, str):
+        pads = lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), (sh, sw), padding)
+    else:
+        pads = [tuple(p) for p in padding]
+    if sh == sw > 1 and kh % sh == 0 and kw % sw == 0:
+        return _space_to_depth_conv(lhs, rhs, sh, pads, precision)
+    x = jnp.pad(lhs, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+    return _patch_matmul(x, rhs, sh, sw, precision)
+
+
+def _patch_matmul(x, rhs, sh: int, sw: int, precision):
+    """A VALID convolution of the padded NHWC `x` with the HWIO `rhs`: one slice per kernel offset, one matmul."""
+    kh, kw, cin, cout = rhs.shape
+    n, hp, wp, _ = x.shape
+    ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+    # One strided slice per kernel offset, concatenated on the channel axis in (i, j, c) order, which is the
+    # row-major flattening of the HWIO kernel's first three axes.
+    cols = [lax.slice(x, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, cin), (1, sh, sw, 1))
+            for i in range(kh) for j in range(kw)]
+    patches = jnp.concatenate(cols, axis=-1) if len(cols) > 1 else cols[0]
+    out = jnp.dot(patches.reshape(n * ho * wo, kh * kw * cin), rhs.reshape(kh * kw * cin, cout),
+                  precision=precision)
+    return out.reshape(n, ho, wo, cout)
+
+
+def _space_to_depth_conv(lhs, rhs, s: int, pads, precision):
+    """Stride s, kernel k (s divides k): a stride-1 (k/s)-kernel convolution of the space-to-depth image.
+
+    Output pixel (y, x) sums xpad[s*y + p*s + a, s*x + q*s + b, c] * w[p*s + a, q*s + b, c] over the kernel
+    offsets written as (p, a), (q, b); with X2[Y, X, (a, b, c)] = xpad[s*Y + a, s*X + b, c] that is a stride-1
+    convolution of X2 with the kernel w2[p, q, (a, b, c)] = w[p*s + a, q*s + b, c].
+    """
+    kh, kw, cin, cout = rhs.shape
+    h, w = lhs.shape[1] + sum(pads[0]), lhs.shape[2] + sum(pads[1])
+    ho, wo = (h - kh) // s + 1, (w - kw) // s + 1
+    # pad to a multiple of s: the extra rows and columns meet no kernel tap of a kept output pixel
+    x = jnp.pad(lhs, ((0, 0), (pads[0][0], pads[0][1] + (-h) % s), (pads[1][0], pads[1][1] + (-w) % s), (0, 0)))
+    n, hp, wp, c = x.shape
+    x = x.reshape(n, hp // s, s, wp // s, s, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, hp // s, wp // s, s * s * c)
+    k = rhs.reshape(kh // s, s, kw // s, s, cin, cout).transpose(0, 2, 1, 3, 4, 5)
+    out = _patch_matmul(x, k.reshape(kh // s, kw // s, s * s * cin, cout), 1, 1, precision)
+    return out[:, :ho, :wo, :]
+
+
+def conv_for(impl: str = "auto"):
+    """The convolution function for `impl` ("auto", "lax", "matmul"), resolved when the model is traced."""
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"unknown conv implementation {impl!r}; use one of {', '.join(CONV_IMPLS)}")
+    if impl == "auto":
+        impl = "matmul" if jax.default_backend() == "cpu" else "lax"
+    return matmul_conv if impl == "matmul" else lax.conv_general_dilated

@@ -1,0 +1,58 @@
+"""The patch + matmul convolution (bench/conv.py) computes what `lax.conv_general_dilated` computes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from bench.conv import conv_for, matmul_conv
+from bench.models import MODELS, init_params, make_logits_fn
+
+
+CONV_ARCHS = sorted(a for a in MODELS if a != "mlp")
+
+
+@pytest.mark.parametrize("arch", CONV_ARCHS)
+@pytest.mark.parametrize("shape", [(28, 28, 1), (21, 19, 3)])
+def test_every_conv_model_same_outputs_and_gradients_with_either_conv(arch, shape):
+    """The same parameters give the same logits, input gradients and parameter gradients (float32 tolerance)."""
+    mean, std = (0.5,) * shape[2], (0.25,) * shape[2]
+    ref, new = MODELS[arch](10, mean, std, conv="lax"), MODELS[arch](10, mean, std, conv="matmul")
+    params = init_params(ref, jax.random.key(0), shape)
+    assert jax.tree.structure(init_params(new, jax.random.key(0), shape)) == jax.tree.structure(params)
+    x = jax.random.uniform(jax.random.key(1), (5, *shape))
+    y = jnp.arange(5)
+
+    def results(fn):
+        def loss(p, x):
+            return -jnp.mean(jax.nn.log_softmax(fn(p, x))[jnp.arange(5), y])
+        return fn(params, x), *jax.grad(loss, argnums=(0, 1))(params, x)
+
+    (la, gpa, gxa), (lm, gpm, gxm) = results(make_logits_fn(ref)), results(make_logits_fn(new))
+    np.testing.assert_allclose(lm, la, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gxm, gxa, rtol=1e-3, atol=1e-6)
+    for a, m in zip(jax.tree.leaves(gpa), jax.tree.leaves(gpm)):
+        np.testing.assert_allclose(m, a, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [(4, 2, ((1, 1), (1, 1))), (3, 1, "SAME"), (4, 2, "SAME"),
+                                                   (3, 1, "VALID"), (5, 3, ((2, 0), (1, 2))),
+                                                   (6, 3, ((2, 1), (0, 2))), (4, 4, "VALID")])
+def test_matmul_conv_equals_lax_conv(kernel, stride, padding):
+    """Odd sizes, asymmetric padding, strides that do not divide the input, space-to-depth (stride divides
+    kernel) and plain patches: every output pixel agrees."""
+    x = jax.random.normal(jax.random.key(0), (3, 11, 9, 2))
+    w = jax.random.normal(jax.random.key(1), (kernel, kernel, 2, 4))
+    dn = ("NHWC", "HWIO", "NHWC")
+    want = lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=dn)
+    got = matmul_conv(x, w, (stride, stride), padding, dimension_numbers=dn)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_for_rejects_unknown_and_resolves_auto():
+    with pytest.raises(ValueError, match="unknown conv implementation 'fast'"):
+        conv_for("fast")
+    expected = matmul_conv if jax.default_backend() == "cpu" else lax.conv_general_dilated
+    assert conv_for("auto") is expected
