@@ -37,8 +37,15 @@ clean:
 # `make peers-pgd PEERS_PYTHON=/tmp/venv-peers/bin/python`.
 .PHONY: peers-pgd
 PEERS_PYTHON ?=
-peers-pgd: $(if $(PEERS_PYTHON),,peers)
-	$(or $(PEERS_PYTHON),$(BIN)/python) scripts/peer_pgd.py
+PEERS_RUN := $(or $(PEERS_PYTHON),$(BIN)/python)
+# An interpreter named by PEERS_PYTHON gets this package (and its dependencies) installed first, so the
+# scripts can import `bench` there.
+.PHONY: peers-env
+peers-env: $(if $(PEERS_PYTHON),,peers)
+	$(if $(PEERS_PYTHON),$(PEERS_PYTHON) -m pip install --quiet -e .,@true)
+
+peers-pgd: peers-env
+	$(PEERS_RUN) scripts/peer_pgd.py
 
 # Every known bad input and fault case, run for real; writes results/bad_inputs.md (about 5 minutes).
 .PHONY: bad-inputs
@@ -55,15 +62,15 @@ presets: $(STAMP)
 # cnn_small; writes results/peer_autoattack.md. Needs torch + torchattacks: pass PEERS_PYTHON=/path/to/python
 # of an environment that has them (e.g. /tmp/venv-peers/bin/python), else the `peers` extra is installed.
 .PHONY: peers-autoattack
-peers-autoattack: $(if $(PEERS_PYTHON),,peers)
-	$(or $(PEERS_PYTHON),$(BIN)/python) scripts/peer_autoattack.py
+peers-autoattack: peers-env
+	$(PEERS_RUN) scripts/peer_autoattack.py
 
 # Our DP-SGD (jax-privacy) against Opacus on cnn_small, mnist5k: step time and epsilon of each accountant;
 # writes results/peer_opacus.md. Needs torch + opacus: pass PEERS_PYTHON=/path/to/python of an environment
 # that has them (e.g. /tmp/venv-peers/bin/python), else the `peers` extra is installed.
 .PHONY: peers-opacus
-peers-opacus: $(if $(PEERS_PYTHON),,peers)
-	$(or $(PEERS_PYTHON),$(BIN)/python) scripts/peer_opacus.py
+peers-opacus: peers-env
+	$(PEERS_RUN) scripts/peer_opacus.py
 
 # Leaderboard entries (results/leaderboard/entries, one JSON per model x dataset x threat) from every run's records,
 # then the leaderboards (Markdown, CSV) and model cards (with Hugging Face model-index YAML) from the entries.

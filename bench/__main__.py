@@ -173,8 +173,9 @@ def _check_overrides(args: list[str]) -> str | None:
 @hydra.main(version_base=None, config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     """Compose, instantiate the scenario, run it, finish (records, history, table). No scenario logic here."""
-    from bench import report
+    from bench import cache, report
 
+    cache.enable()  # a second run of the same config does not compile again (bench/cache.py)
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # no "no TPU found" lines on CPU
     if cfg.distributed:  # before anything touches a device
         jax.distributed.initialize()

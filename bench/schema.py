@@ -61,7 +61,7 @@ class Suite:
     eps: List[float] = MISSING
     n_examples: Optional[int] = None     # first N test examples (None: all)
     split: str = "test"                  # test | validation: the split the attacks run on (tuning: validation)
-    batch_size: int = 1000
+    batch_size: int = 100                # attack batch; on the CPU about 100 is fastest (results/speed.md)
     cumulative: bool = False             # attacks in order, each on the examples still robust (AutoAttack)
     sanity: bool = True                  # gradient-masking checks (bench/sanity.py)
     sanity_examples: int = 200

@@ -5,6 +5,12 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The CLI runs the tests start share one compilation cache (bench/cache.py) of this session only, so no test
+# depends on what an earlier session left in ~/.cache.
+if "BENCH_JAX_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["BENCH_JAX_CACHE"] = tempfile.mkdtemp(prefix="bench-jax-cache-")
 
 import jax
 import pytest

@@ -124,3 +124,17 @@ def test_read_only_results_folder_is_a_clear_error(tmp_path):
             records.write_records(tmp_path / "run", pd.DataFrame({"a": [1]}))
     finally:
         tmp_path.chmod(0o755)
+
+
+def test_a_second_run_of_the_same_config_compiles_nothing_new(tmp_path):
+    """The CLI's persistent compilation cache: the first run stores executables, the same run again adds none."""
+    cache = tmp_path / "cache"
+    env = {**os.environ, "BENCH_JAX_CACHE": str(cache), "BENCH_JAX_CACHE_MIN_SECONDS": "0"}
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    args = [sys.executable, "-m", "bench", "debug=tiny", "suite.sanity=false"]
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([*args, f"hydra.run.dir={tmp_path / 'a'}"], cwd=root, env=env, check=True, capture_output=True)
+    first = sorted(p.name for p in cache.iterdir())
+    assert first, "the first run stored nothing in the compilation cache"
+    subprocess.run([*args, f"hydra.run.dir={tmp_path / 'b'}"], cwd=root, env=env, check=True, capture_output=True)
+    assert sorted(p.name for p in cache.iterdir()) == first, "the same run compiled something again"
