@@ -50,28 +50,47 @@ def matmul_conv(lhs, rhs, window_strides: Sequence[int], padding, lhs_dilation=N
                                         feature_group_count=feature_group_count, precision=precision, **kwargs)
     kh, kw, cin, cout = rhs.shape
     sh, sw = window_strides
-    if isinstance(padding, str):
-        pads = lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), (sh, sw), padding)
-    else:
-        pads = [tuple(p) for p in padding]
+    pads = pad_for(lhs.shape[1:3], (kh, kw), (sh, sw), padding)
     if sh == sw > 1 and kh % sh == 0 and kw % sw == 0:
         return _space_to_depth_conv(lhs, rhs, sh, pads, precision)
     x = jnp.pad(lhs, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
     return _patch_matmul(x, rhs, sh, sw, precision)
 
 
-def _patch_matmul(x, rhs, sh: int, sw: int, precision):
-    """A VALID convolution of the padded NHWC `x` with the HWIO `rhs`: one slice per kernel offset, one matmul."""
-    kh, kw, cin, cout = rhs.shape
-    n, hp, wp, _ = x.shape
+def pad_for(in_hw, kernel_hw, strides, padding):
+    """Explicit ((top, bottom), (left, right)) padding for "SAME", "VALID" or explicit pairs."""
+    if isinstance(padding, str):
+        return [tuple(p) for p in lax.padtype_to_pads(in_hw, kernel_hw, strides, padding)]
+    return [tuple(p) for p in padding]
+
+
+def conv_patches(x, kernel_hw, strides, padding):
+    """The (N, Ho, Wo, kh*kw*C) patches of NHWC `x`, in the row-major order of an HWIO kernel's first three axes.
+
+    `conv_patches(x, ...) @ kernel.reshape(-1, F)` is the convolution; DP's per-example gradient norms
+    (bench/privacy/ghost.py) use the patches too.
+    """
+    pads = pad_for(x.shape[1:3], kernel_hw, strides, padding)
+    x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    return _patches(x, *kernel_hw, *strides)
+
+
+def _patches(x, kh: int, kw: int, sh: int, sw: int):
+    n, hp, wp, cin = x.shape
     ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
     # One strided slice per kernel offset, concatenated on the channel axis in (i, j, c) order, which is the
     # row-major flattening of the HWIO kernel's first three axes.
     cols = [lax.slice(x, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, cin), (1, sh, sw, 1))
             for i in range(kh) for j in range(kw)]
-    patches = jnp.concatenate(cols, axis=-1) if len(cols) > 1 else cols[0]
-    out = jnp.dot(patches.reshape(n * ho * wo, kh * kw * cin), rhs.reshape(kh * kw * cin, cout),
-                  precision=precision)
+    return jnp.concatenate(cols, axis=-1) if len(cols) > 1 else cols[0]
+
+
+def _patch_matmul(x, rhs, sh: int, sw: int, precision):
+    """A VALID convolution of the padded NHWC `x` with the HWIO `rhs`: one slice per kernel offset, one matmul."""
+    kh, kw, cin, cout = rhs.shape
+    patches = _patches(x, kh, kw, sh, sw)
+    n, ho, wo, k = patches.shape
+    out = jnp.dot(patches.reshape(n * ho * wo, k), rhs.reshape(k, cout), precision=precision)
     return out.reshape(n, ho, wo, cout)
 
 

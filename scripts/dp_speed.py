@@ -34,7 +34,7 @@ import optax
 from bench import data as bench_data
 from bench import models, train
 from bench.defenses import standard
-from bench.privacy import dp_sgd
+from bench.privacy import dp_sgd, ghost
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -137,6 +137,9 @@ def main(argv=None) -> int:
             opt = dp_sgd.dp_optimizer(optax.adam(1e-3), clip_norm=1.0, noise_multiplier=1.0,
                                       expected_batch_size=batch, key=jax.random.key(1))
             variants[name] = (make_step(dp_sgd.clipped_value_and_grad(1.0, mb)(objective), opt), opt)
+        opt = dp_sgd.dp_optimizer(optax.adam(1e-3), clip_norm=1.0, noise_multiplier=1.0,
+                                  expected_batch_size=batch, key=jax.random.key(1))
+        variants["dp ghost norms"] = (make_step(ghost.ghost_value_and_grad(model, 1.0)(objective), opt), opt)
         t = step_times(variants, params, x, y, args.reps)
         base = t["non-private"]
         for name, seconds in t.items():

@@ -14,7 +14,7 @@ from scipy import stats
 
 from bench import models
 from bench.defenses import standard
-from bench.privacy import dp_sgd
+from bench.privacy import dp_sgd, ghost
 from bench.errors import BenchError
 from bench.privacy import accounting
 
@@ -65,12 +65,17 @@ def test_plan_checks_its_budget():
         dp_sgd.plan(4000, clip_norm=0.0, batch_size=250, epochs=2, noise_multiplier=1.0)
 
 
-@pytest.mark.parametrize("microbatch_size", [1, None])
+@pytest.mark.parametrize("microbatch_size", [1, None, "ghost"])
 def test_clipping_sensitivity_on_neighbouring_batches(microbatch_size):
-    """Removing one example moves the clipped sum by at most C; replacing one by at most 2C (and nearly 2C)."""
+    """Removing one example moves the clipped sum by at most C; replacing one by at most 2C (and nearly 2C).
+
+    "ghost": the per-layer norm path (bench/privacy/ghost.py)."""
     logits_fn, params = _tiny_model()
     clip = 0.05
-    value_and_grad = jax.jit(dp_sgd.clipped_value_and_grad(clip, microbatch_size)(standard(logits_fn)))
+    if microbatch_size == "ghost":
+        value_and_grad = jax.jit(ghost.ghost_value_and_grad(models.mlp(3, (0.5,), (0.25,), hidden=(8,)), clip)(None))
+    else:
+        value_and_grad = jax.jit(dp_sgd.clipped_value_and_grad(clip, microbatch_size)(standard(logits_fn)))
     rng = np.random.default_rng(0)
     worst_remove = worst_replace = 0.0
     for trial in range(20):
@@ -91,6 +96,37 @@ def test_clipping_sensitivity_on_neighbouring_batches(microbatch_size):
     assert worst_remove <= clip * (1 + 1e-5)
     assert worst_replace <= 2 * clip * (1 + 1e-5)
     assert worst_remove > 0.9 * clip  # the bound is reached: gradients are being clipped
+
+
+@pytest.mark.parametrize("arch,shape", [("cnn_small", (28, 28, 1)), ("mlp", (8, 8, 1)), ("cnn_small", (17, 15, 3))])
+def test_ghost_clipped_sum_equals_jax_privacy(arch, shape):
+    """The ghost-norm path's clipped sum, loss and accuracy are jax-privacy's on the same batch (padding included)."""
+    model = models.MODELS[arch](10, (0.4,) * shape[2], (0.3,) * shape[2])
+    logits_fn = models.make_logits_fn(model)
+    params = models.init_params(model, jax.random.key(0), shape)
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 1, (24, *shape)).astype(np.float32)
+    y = rng.integers(0, 10, 24).astype(np.int32)
+    pad = np.arange(24) >= 20
+    args = (params, (x, y), jax.random.key(2), 0, pad)
+    for clip in (1e-3, 1.0, 1e3):  # every example clipped, some, none
+        (loss_ref, aux_ref), ref = jax.jit(dp_sgd.clipped_value_and_grad(clip, 1)(standard(logits_fn)))(*args)
+        (loss, aux), got = jax.jit(ghost.ghost_value_and_grad(model, clip)(None))(*args)
+        assert jax.tree.structure(got) == jax.tree.structure(ref)
+        scale = max(float(jnp.max(jnp.abs(v))) for v in jax.tree.leaves(ref))
+        for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(got)):
+            np.testing.assert_allclose(b, a, atol=2e-5 * scale, rtol=1e-4)
+        np.testing.assert_allclose(loss, loss_ref, rtol=1e-5)
+        np.testing.assert_allclose(aux["accuracy"], aux_ref["accuracy"])
+
+
+def test_ghost_clipping_refuses_what_it_cannot_compute():
+    """Max-pooling nets and other objectives are not the ghost path's: a clear reason, and per-example stays."""
+    assert ghost.supports(models.madry_cnn(10, (0.5,), (0.5,)), "standard") is not None
+    assert "pgd_at" in ghost.supports(models.cnn_small(10, (0.5,), (0.5,)), "pgd_at")
+    assert ghost.supports(models.cnn_small(10, (0.5,), (0.5,)), "standard") is None
+    with pytest.raises(BenchError, match="ConvNet"):
+        ghost.ghost_value_and_grad(models.madry_cnn(10, (0.5,), (0.5,)), 1.0)
 
 
 def test_noise_has_the_configured_scale():

@@ -47,6 +47,10 @@ class DP:
     accountant: str = MISSING
     pad_multiple: int = MISSING
     microbatch_size: Optional[int] = MISSING
+    clipping: str = "auto"
+
+
+CLIPPING = ("auto", "ghost", "per_example")
 
 
 @dataclass
@@ -106,6 +110,21 @@ class Privacy:
 
         return list(write_privacy_tables(frame, out).values())
 
+    def _clipping(self, model, defense, clip_norm):
+        """The grad_fn hook: ghost norms (bench/privacy/ghost.py) where they apply ("auto") or are asked for, else
+        jax-privacy's per-example clipping; both give the same clipped sum (tests/test_privacy.py)."""
+        from bench.privacy import ghost
+
+        clipping = self.dp.clipping
+        if clipping not in CLIPPING:
+            raise BenchError(f"unknown scenario.dp.clipping '{clipping}'; use one of {', '.join(CLIPPING)}")
+        reason = ghost.supports(model.module, defense)
+        if clipping == "ghost" and reason:
+            raise BenchError(f"scenario.dp.clipping=ghost: {reason}; use scenario.dp.clipping=per_example (or auto)")
+        if clipping == "per_example" or reason:
+            return dp_sgd.clipped_value_and_grad(clip_norm, self.dp.microbatch_size)
+        return ghost.ghost_value_and_grad(model.module, clip_norm)
+
     def run(self, exp: Experiment) -> Result:
         method = self.method
         if method not in METHODS:
@@ -144,7 +163,7 @@ class Privacy:
             make_optimizer = lambda k: dp_sgd.dp_optimizer(t.optimizer(plan.steps), clip_norm=plan.clip_norm,
                                                            noise_multiplier=plan.noise_multiplier,
                                                            expected_batch_size=plan.expected_batch_size, key=k)
-            grad_fn = dp_sgd.clipped_value_and_grad(plan.clip_norm, self.dp.microbatch_size)
+            grad_fn = self._clipping(model, exp.labels.get("defense"), plan.clip_norm)
             sampler = dp_sgd.PoissonSampler(len(y_fit), plan.q, plan.steps, plan.steps_per_epoch, self.dp.pad_multiple)
             epochs = plan.epochs
         else:
