@@ -133,7 +133,7 @@ def main(argv=None) -> int:
         variants = {}
         adam = optax.adam(1e-3)
         variants["non-private"] = (make_step(plain, adam), adam)
-        for name, mb in (("dp vmap (before)", None), ("dp loop (after)", 1)):
+        for name, mb in (("dp per-example, vmapped", None), ("dp per-example, loop", 1)):
             opt = dp_sgd.dp_optimizer(optax.adam(1e-3), clip_norm=1.0, noise_multiplier=1.0,
                                       expected_batch_size=batch, key=jax.random.key(1))
             variants[name] = (make_step(dp_sgd.clipped_value_and_grad(1.0, mb)(objective), opt), opt)

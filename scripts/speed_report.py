@@ -1,0 +1,154 @@
+"""results/speed.md: the side-by-side speed ratios of the suite in one page, read from the reports that measured them.
+
+`make bench` runs, one after another on the same machine, scripts/peer_pgd.py (PGD-40 vs torchattacks),
+scripts/peer_autoattack.py (the AutoAttack suite vs torchattacks' at the paper's 100 iterations),
+scripts/dp_speed.py (DP-SGD steps vs a non-private step) and scripts/peer_opacus.py when asked, then this
+script. It reads the numbers from those reports (it types none itself), and measures two things of its own:
+this machine's float32 matmul rate (the peak a model layer can reach) and the FLOPs of one PGD gradient
+evaluation of cnn_small (XLA's cost analysis of the compiled step), which turn PGD's measured gradient
+evaluations per second into GFLOP/s achieved, as a share of that peak.
+
+Usage: python scripts/speed_report.py [--results results] [--out results/speed.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def table_rows(text: str, first_cell: str) -> list[list[str]]:
+    """The cells of every Markdown table row whose first cell starts with `first_cell`."""
+    rows = []
+    for line in text.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if cells and cells[0].startswith(first_cell):
+                rows.append(cells)
+    return rows
+
+
+def number(cell: str) -> float:
+    return float(re.sub(r"[^0-9.eE+-]", "", cell.split()[0]))
+
+
+def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of a float32 n x n matmul on this machine (best of `repeats`)."""
+    a = jax.random.normal(jax.random.key(0), (n, n))
+    b = jax.random.normal(jax.random.key(1), (n, n))
+    f = jax.jit(jnp.dot)
+    f(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e9
+
+
+def pgd_flops_per_example() -> float:
+    """FLOPs of one input-gradient evaluation of cnn_small on one MNIST image (XLA's cost analysis, batch 100)."""
+    from bench import models
+
+    model = models.cnn_small(10, (0.13,), (0.31,))
+    logits_fn = models.make_logits_fn(model)
+    params = models.init_params(model, jax.random.key(0), (28, 28, 1))
+    x = jnp.zeros((100, 28, 28, 1))
+    y = jnp.zeros((100,), jnp.int32)
+
+    def loss(x):
+        logits = logits_fn(params, x)
+        return -jnp.sum(jax.nn.log_softmax(logits)[jnp.arange(100), y])
+
+    cost = jax.jit(jax.grad(loss)).lower(x).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost["flops"]) / 100
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=ROOT / "results")
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "speed.md")
+    args = parser.parse_args(argv)
+    r = args.results
+    read = lambda name: (r / name).read_text() if (r / name).is_file() else ""
+    lines = ["# Speed: the suite against the PyTorch tools, side by side on one machine", "",
+             f"Made by `python scripts/speed_report.py` (the last step of `make bench`) on "
+             f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}, "
+             f"git {subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True, text=True).stdout.strip()}, "
+             f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}. Each row names the report that measured it "
+             "(its command, date and load are there); ratios > 1 mean ours is faster.", "",
+             "| what | ours | reference | ratio | source |", "|---|---:|---:|---:|---|"]
+
+    pgd = read("peer_pgd.md")
+    ours_rows = [c for c in table_rows(pgd, "bench.attacks.pgd (conv") if "before" not in c[0]]
+    before = table_rows(pgd, "bench.attacks.pgd (conv lax, before)")
+    torch2 = table_rows(pgd, "torchattacks.PGD |") or [c for c in table_rows(pgd, "torchattacks.PGD") if "thread" not in c[0]]
+    torch1 = [c for c in table_rows(pgd, "torchattacks.PGD") if "1 thread" in c[0]]
+    best = min(ours_rows, key=lambda c: number(c[4])) if ours_rows else None
+    if best and torch2:
+        t2 = number(torch2[0][4])
+        lines.append(f"| PGD-40, 1,000 mnist5k images, cnn_small (ours at batch {best[1]}) | {number(best[4]):.2f} s | "
+                     f"{t2:.2f} s (torchattacks, 2 threads) | {t2 / number(best[4]):.2f} | results/peer_pgd.md |")
+        if torch1:
+            t1 = number(torch1[0][4])
+            lines.append(f"| the same, torch limited to 1 thread | {number(best[4]):.2f} s | {t1:.2f} s | "
+                         f"{t1 / number(best[4]):.2f} | results/peer_pgd.md |")
+        if before:
+            b = number(before[0][4])
+            lines.append(f"| the same, before: XLA's own convolution (conv=lax), batch {before[0][1]} | {b:.2f} s | "
+                         f"{t2:.2f} s | {t2 / b:.2f} | results/peer_pgd.md |")
+
+    aa = read("peer_autoattack.md")
+    for c in table_rows(aa, "cnn_small"):
+        ours_s, ref_s = number(c[8]), number(c[9])
+        lines.append(f"| AutoAttack suite, {c[0]} at eps {c[1]}, {c[2]} images (robust: ours {c[4]}, ref {c[5].split()[0]}) "
+                     f"| {ours_s:.1f} s | {ref_s:.1f} s (torchattacks, 100 iterations) | {ref_s / ours_s:.2f} | "
+                     "results/peer_autoattack.md |")
+
+    dp = read("dp_speed.md")
+    base = {c[0]: number(c[2]) for c in table_rows(dp, "") if len(c) == 4 and c[1] == "non-private"}
+    for c in table_rows(dp, ""):
+        if len(c) == 4 and c[1].startswith("dp") and c[0] in base:
+            lines.append(f"| DP-SGD step, batch {c[0]}, {c[1]} (goal: at most 2x) | {number(c[2]):.1f} ms | "
+                         f"{base[c[0]]:.1f} ms (non-private step) | {base[c[0]] / number(c[2]):.2f} "
+                         f"(= {number(c[2]) / base[c[0]]:.2f}x the non-private step) | results/dp_speed.md |")
+    opacus = table_rows(read("peer_opacus.md"), "ms per step")
+    if opacus:
+        c = opacus[0]
+        lines.append(f"| DP-SGD step, ours vs Opacus (cnn_small, mnist5k) | {number(c[1]):.1f} ms | {number(c[2]):.1f} ms "
+                     f"(Opacus) | {number(c[2]) / number(c[1]):.2f} | results/peer_opacus.md |")
+
+    if best:
+        peak = matmul_peak()
+        flops = pgd_flops_per_example()
+        evals = number(best[6])
+        achieved = evals * flops / 1e9
+        lines += ["", "## Arithmetic rate", "",
+                  f"- This machine's float32 matmul (2048 x 2048, best of 5): **{peak:.0f} GFLOP/s**.",
+                  f"- One PGD gradient evaluation of cnn_small costs {flops / 1e6:.2f} MFLOP per image (XLA's cost "
+                  "analysis of the compiled gradient).",
+                  f"- PGD-40 at batch {best[1]}: {evals:,.0f} gradient evaluations/s (results/peer_pgd.md) = "
+                  f"**{achieved:.0f} GFLOP/s, {achieved / peak:.0%} of the matmul peak**."]
+    lines += ["", "Not measured here: CROWN-IBP against IBP per training step (results/certified_speed.md, "
+              "`scripts/certified_speed.py`)."]
+    text = "\n".join(lines) + "\n"
+    args.out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
