@@ -15,6 +15,7 @@ one of the same id and any earlier entry of the same name, family and threat. Th
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -51,7 +52,9 @@ def write_entries(entries: list[dict], out: Path, *, replace: bool = False) -> t
     for folder in sorted(root.rglob("*"), reverse=True):  # folders left empty by replaced entries
         if folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
-    return sorted(entries + kept, key=lambda e: e["id"]), len(kept)
+    # the pages are made from the entries as written (sorted keys), so a rebuild from the files makes the same pages
+    written = [json.loads(entries_mod.dumps(e)) for e in entries]
+    return sorted(written + kept, key=lambda e: e["id"]), len(kept)
 
 
 def write_pages(entries: list[dict], out: Path) -> tuple[list[dict], list[str]]:
