@@ -22,6 +22,8 @@ XLA:CPU runs very slowly; `microbatch_size=1` (the default here) instead loops
 over the examples (`optax.microbatching`), accumulating each clipped gradient
 into one buffer, and stops at the last real example, so padding costs nothing.
 On accelerators the vmapped form is the fast one: set `microbatch_size: null`.
+For a ConvNet trained with the standard objective, `bench/privacy/ghost.py` computes the same clipped sum
+from per-layer norms in one backward pass (`scenario.dp.clipping=auto`, the default, picks it).
 
 `plan` turns the configured budget (noise multiplier or target epsilon, batch
 size or sampling rate, epochs or steps, delta) into numbers; accounting is in
