@@ -47,10 +47,18 @@ def _jacobian(query, x, eps):
 
 
 def extract_relu_net(query: Callable[[np.ndarray], np.ndarray], d: int, rng: np.random.Generator, *,
-                     lines: int = 40, samples: int = 400, span: float = 4.0, eps: float = 1e-3,
-                     offset: float = 1e-2, merge_tol: float = 5e-2, fit_points: int | None = None,
-                     centre: float = 0.5) -> ExtractedNet:
-    """Extract g from `query` (float64 arrays (n, d) -> (n, m)); every call's inputs are counted."""
+                     lines: int = 24, samples: int = 400, span: float = 4.0, eps: float = 1e-3,
+                     offset: float = 0.5, merge_tol: float = 0.1, fit_points: int | None = None,
+                     centre: float = 0.5, refine: int = 16, depth: int = 4, patience: int | None = None,
+                     min_share: float = 0.25) -> ExtractedNet:
+    """Extract g from `query` (float64 arrays (n, d) -> (n, m)); every call's inputs are counted.
+
+    `lines` random lines x(t) = a + t v (a uniform in the cube around `centre`, v a random unit direction),
+    `samples` points each over t in [-span, span]; `offset`: the Jacobians are taken this fraction of the
+    local sample spacing before and after a critical point; `refine`: points of the finer grid a cluster of
+    kinks is resampled on, at most `depth` times; `patience`: stop after that many lines in a row found no
+    new unit (None: all lines); `min_share`: a hyperplane seen on fewer than this share of the lines the
+    typical unit was seen on (and on at least 2) is dropped as spurious (an estimate spoilt by a second kink)."""
     spent = 0
 
     def ask(x):
@@ -58,51 +66,35 @@ def extract_relu_net(query: Callable[[np.ndarray], np.ndarray], d: int, rng: np.
         spent += len(x)
         return np.asarray(query(np.asarray(x, np.float64)), np.float64)
 
-    rows: list[tuple[np.ndarray, float]] = []
+    estimates: list[tuple[np.ndarray, float]] = []
     ts = np.linspace(-span, span, samples)
+    quiet = 0
     for _ in range(lines):
         a = centre + rng.uniform(-0.5, 0.5, d)
         v = rng.normal(size=d)
         v /= np.linalg.norm(v)
         y = ask(a + ts[:, None] * v)
-        slopes = np.diff(y, axis=0) / np.diff(ts)[:, None]
-        jump = np.linalg.norm(np.diff(slopes, axis=0), axis=1)
-        finite = np.isfinite(jump)  # a saturated softmax answers 0 for some class: no log-ratio there
-        if not finite.any():
-            continue
-        scale = 1e-3 * (1.0 + np.abs(slopes[np.isfinite(slopes).all(1)]).max(initial=0.0))
-        for i in np.flatnonzero(finite & (jump > scale)):
-            # a kink in (t_i, t_{i+2}): intersect the piece left of t_i+1 with the piece right of it
-            lo, hi = ts[i], ts[i + 2]
-            step = 1e-3 * (hi - lo)  # the pieces' slopes measured just outside the bracket
-            y_out = ask(np.vstack([a + (lo - step) * v, a + (hi + step) * v]))
-            t_star = _locate(ask, a, v, lo, hi, y[i], y[i + 2], (y[i] - y_out[0]) / step, (y_out[1] - y[i + 2]) / step)
-            if t_star is None:
-                continue
-            x_star = a + t_star * v
-            right = _jacobian(ask, x_star + offset * v, eps)
-            jac = right - _jacobian(ask, x_star - offset * v, eps)
-            if not np.isfinite(jac).all():
-                continue
-            u, s, vt = np.linalg.svd(jac)
-            # one unit switching gives a clear rank-1 jump (float32 answers leave about 1e-4 of noise)
-            if s[0] < 1e-2 * (1.0 + np.linalg.norm(right)) or (len(s) > 1 and s[1] > 1e-2 * s[0]):
-                continue
-            # the kink must be at x* itself, not merely near it: the same jump seen from 20x closer
-            close = _jacobian(ask, x_star + 0.05 * offset * v, 0.1 * eps) - _jacobian(ask, x_star - 0.05 * offset * v,
-                                                                                     0.1 * eps)
-            if not np.isfinite(close).all() or np.linalg.norm(close - jac) > 0.05 * s[0]:
-                continue
-            w = vt[0] * np.sign(vt[0] @ v)  # oriented along the line's crossing
-            rows.append((w, float(-w @ x_star)))
-    hyperplanes = _merge(rows, merge_tol)
-    if not hyperplanes:
+        before = len(_merge(estimates, merge_tol))
+        for t_star, gap in _kinks(ask, a, v, ts, y, None, refine, depth):
+            row = _hyperplane(ask, a, v, t_star, offset * gap, eps)
+            if row is not None:
+                estimates.append(row)
+        quiet = quiet + 1 if len(_merge(estimates, merge_tol)) == before else 0
+        if patience is not None and quiet >= patience:
+            break
+    clusters = _merge(estimates, merge_tol)
+    support = np.array([n for _, _, n in clusters])
+    seen = support[support >= 2]
+    if len(seen) and np.median(seen) >= 4:  # every line crosses every unit: a real one is seen on many lines
+        floor = max(2.0, min_share * float(np.median(seen)))
+        clusters = [c for c in clusters if c[2] >= floor]
+    if not clusters:
         raise ValueError("no critical points found; widen `span` or add `lines`")
-    w1 = np.array([w for w, _ in hyperplanes])
-    b1 = np.array([b for _, b in hyperplanes])
+    w1 = np.array([w for w, _, _ in clusters])
+    b1 = np.array([b for _, b, _ in clusters])
     h = len(b1)
-    n_fit = fit_points or 4 * (2 * h + 1)
-    x_fit = centre + rng.uniform(-0.5, 0.5, (n_fit, d)) * 2 * span / np.sqrt(d)
+    n_fit = fit_points or 8 * (2 * h + 1)
+    x_fit = centre + rng.uniform(-0.5, 0.5, (n_fit, d))
     y_fit = ask(x_fit)
     usable = np.isfinite(y_fit).all(1)
     x_fit, y_fit = x_fit[usable], y_fit[usable]
@@ -117,35 +109,100 @@ def extract_relu_net(query: Callable[[np.ndarray], np.ndarray], d: int, rng: np.
     return ExtractedNet(w1, b1, coef[:h].T, coef[h], spent)
 
 
-def _locate(ask, a, v, lo, hi, y_lo, y_hi, s_lo, s_hi, depth: int = 0):
-    """The kink between lo and hi where the line through (lo, y_lo) with slope s_lo meets the one through
-    (hi, y_hi) with slope s_hi; checked by one query, bisected when the interval holds more than one kink."""
-    k = int(np.argmax(np.abs(s_hi - s_lo)))
-    if abs(s_hi[k] - s_lo[k]) < 1e-12:
+def _kinks(ask, a, v, ts, y, noise, refine, depth):
+    """Critical points (t, free gap) on the line a + t v from its samples y at ts: every kink whose
+    neighbouring sample intervals are linear, as the intersection of the linear pieces on either side,
+    checked by one query; clusters of kinks resampled on a finer grid. `gap`: the sample spacing, within
+    which no other kink lies on either side of t."""
+    ok = np.isfinite(y).all(1)  # a saturated softmax answers 0 for some class: no log-ratio there
+    h = ts[1] - ts[0]
+    slopes = np.diff(y, axis=0) / h
+    change = np.linalg.norm(np.diff(slopes, axis=0), axis=1)   # change[i]: at ts[i + 1]
+    valid = ok[:-2] & ok[1:-1] & ok[2:]
+    if not valid.any():
+        return []
+    if noise is None:  # the answers' noise, from the typical (kink-free) slope change
+        noise = max(float(np.median(change[valid])) * h, 1e-12)
+    scale = 1.0 + np.abs(y[ok]).max()
+    threshold = 30 * noise / h + 1e-9 * scale / h
+    significant = valid & (change > threshold)
+    found = []
+    i = 0
+    n = len(change)
+    while i < n:
+        if not significant[i]:
+            i += 1
+            continue
+        j = i
+        while j + 1 < n and significant[j + 1]:
+            j += 1
+        # the kinks lie in (ts[i], ts[j + 2]); intervals i and j + 1 are linear pieces
+        lo, hi = i, j + 2
+        left_slope, right_slope = slopes[i], slopes[j + 1]
+        if j - i <= 1 and lo >= 0 and hi < len(ts):
+            t = _intersect(ts[i + 1], y[i + 1], left_slope, ts[j + 1], y[j + 1], right_slope)
+            if t is not None and ts[i + 1] - 1e-9 <= t <= ts[j + 1] + 1e-9:
+                y_t = ask((a + t * v)[None])[0]
+                predicted = y[i + 1] + left_slope * (t - ts[i + 1])
+                if np.isfinite(y_t).all() and np.abs(y_t - predicted).max() < 20 * noise + 1e-9 * scale:
+                    found.append((float(t), float(h)))
+                    i = j + 1
+                    continue
+        if depth > 0:  # more than one kink (or an unclear one): resample the stretch on a finer grid
+            fine = np.linspace(ts[i], ts[min(j + 2, len(ts) - 1)], refine)
+            y_fine = ask(a + fine[:, None] * v)
+            found += _kinks(ask, a, v, fine, y_fine, noise, refine, depth - 1)
+        i = j + 1
+    return found
+
+
+def _intersect(t0, y0, s0, t1, y1, s1):
+    """Where y0 + s0 (t - t0) meets y1 + s1 (t - t1), in least squares over the outputs; None if parallel."""
+    ds = s0 - s1
+    denom = float(ds @ ds)
+    if denom < 1e-20:
         return None
-    t = (y_hi[k] - y_lo[k] + s_lo[k] * lo - s_hi[k] * hi) / (s_lo[k] - s_hi[k])
-    if not lo <= t <= hi:
+    return float(ds @ (y1 - y0 + s0 * t0 - s1 * t1) / denom)
+
+
+def _hyperplane(ask, a, v, t, off, eps):
+    """The switching unit's hyperplane (unit-norm w, b) at the critical point a + t v, from the rank-1 jump
+    of the Jacobian between off before and off after it; None when the jump is not clearly rank 1."""
+    x_star = a + t * v
+    eps = min(eps, 0.1 * off)  # the coordinate steps must not reach the hyperplane the points straddle
+    right = _jacobian(ask, x_star + off * v, eps)
+    jump = right - _jacobian(ask, x_star - off * v, eps)
+    if not np.isfinite(jump).all():
         return None
-    y_t = ask((a + t * v)[None])[0]
-    predicted = y_lo + s_lo * (t - lo)
-    if np.allclose(y_t, predicted, rtol=1e-5, atol=1e-6 * (1 + np.abs(y_t).max())):
-        return float(t)
-    if depth > 20:
+    u, s, vt = np.linalg.svd(jump)
+    if s[0] < 1e-6 * (1.0 + np.linalg.norm(right)) or (len(s) > 1 and s[1] > 0.1 * s[0]):
         return None
-    mid = 0.5 * (lo + hi)  # more than one kink: split the interval and keep the left one
-    h = 1e-3 * (hi - lo)
-    y_mid, y_mid2 = ask(np.vstack([a + mid * v, a + (mid + h) * v]))
-    return _locate(ask, a, v, lo, mid, y_lo, y_mid, s_lo, (y_mid2 - y_mid) / h, depth + 1)
+    w = vt[0] * np.sign(vt[0] @ v)  # oriented along the line's crossing
+    return w, float(-w @ x_star)
 
 
 def _merge(rows, tol):
-    kept: list[tuple[np.ndarray, float]] = []
+    """Estimates of the same hyperplane (up to sign) grouped: [(w, b, how many)], each group's row the
+    coordinate-wise median of its sign-aligned members (robust to the odd estimate spoilt by a second kink
+    close by), normalised to a unit-norm w."""
+    groups: list[list[np.ndarray]] = []
+    centres: list[np.ndarray] = []
     for w, b in rows:
-        if any(min(np.linalg.norm(w - w2) + abs(b - b2), np.linalg.norm(w + w2) + abs(b + b2)) < tol
-               for w2, b2 in kept):
-            continue
-        kept.append((w, b))
-    return kept
+        f = np.concatenate([w, [b]])
+        best, gap, sign = None, tol, 1.0
+        for k, c in enumerate(centres):
+            for sg in (1.0, -1.0):
+                g = np.linalg.norm(sg * f - c)
+                if g < gap:
+                    best, gap, sign = k, g, sg
+        if best is None:
+            groups.append([f])
+            centres.append(f)
+        else:
+            groups[best].append(sign * f)
+            c = np.median(groups[best], axis=0)
+            centres[best] = c / np.linalg.norm(c[:-1])
+    return [(c[:-1], float(c[-1]), len(g)) for c, g in zip(centres, groups)]
 
 
 def weight_error(net: ExtractedNet, w1: np.ndarray, b1: np.ndarray) -> tuple[float, int]:

@@ -49,8 +49,10 @@ from bench.experiment import Experiment, Result
 from bench.substitute import fit_copy, jacobian_augment
 
 VICTIMS = ("model", "logreg")
-METHODS = ("equations", "copycat", "functional")
-QUERY_SETS = ("in_distribution", "other", "uniform", "synthetic")
+METHODS = ("equations", "copycat", "knockoff", "functional")
+QUERY_SETS = ("in_distribution", "augmented", "other", "uniform", "synthetic")
+POLICIES = ("random", "adaptive")
+ACTIONS = ("labels", "clusters")
 
 
 @dataclass
@@ -72,6 +74,19 @@ class CopySpec:
 
 
 @dataclass
+class KnockoffSpec:
+    policy: str = MISSING                    # random | adaptive (bench/knockoff.py)
+    actions: str = MISSING                   # labels (the pool's own classes) | clusters (k-means on pixels)
+    clusters: int = MISSING
+    round_size: int = MISSING                # queries bought per round
+    bandit_lr: float = MISSING
+    rewards: List[str] = field(default_factory=list)
+    window: int = MISSING                    # diversity: against the mean of the last `window` answers
+    online_steps: int = MISSING              # the online copy's Adam steps per round
+    candidates: int = MISSING                # synthetic: the pool grown from the seeds (no queries)
+
+
+@dataclass
 class Theft:
     """Model theft through a prediction API: the parameters of conf/scenario/theft.yaml."""
 
@@ -83,12 +98,15 @@ class Theft:
     query_set: str = MISSING
     budgets: List[int] = field(default_factory=list)
     seeds: int = MISSING
+    augment: int = MISSING
+    knockoff: KnockoffSpec = field(default_factory=KnockoffSpec)
     api: ApiSpec = field(default_factory=ApiSpec)
     copy: CopySpec = field(default_factory=CopySpec)
     n_uniform: int = MISSING
     theft_plus: bool = MISSING
     pictures: bool = MISSING
-    streams: ClassVar[tuple[str, ...]] = ("init", "train", "split", "queries", "copy", "api", "attack", "uniform")
+    streams: ClassVar[tuple[str, ...]] = ("init", "train", "split", "queries", "copy", "api", "attack", "uniform",
+                                          "pool")
 
     def defense_label(self, defense: str) -> str:
         return defense if self.victim == "model" else self.victim
@@ -128,6 +146,19 @@ class Theft:
         if not 0 < float(self.victim_share) < 1:
             raise BenchError(f"scenario.victim_share={self.victim_share} must be in (0, 1): the rest of the training "
                              "split is the thief's in-distribution pool")
+        if self.method == "knockoff":
+            for what, value, allowed in (("knockoff.policy", self.knockoff.policy, POLICIES),
+                                         ("knockoff.actions", self.knockoff.actions, ACTIONS)):
+                if value not in allowed:
+                    raise BenchError(f"scenario.{what}={value}: use one of {list(allowed)}")
+            from bench.knockoff import REWARDS
+
+            if not self.knockoff.rewards or set(self.knockoff.rewards) - set(REWARDS):
+                raise BenchError(f"scenario.knockoff.rewards={list(self.knockoff.rewards)}: use some of {list(REWARDS)}")
+            if self.knockoff.actions == "labels" and self.query_set == "uniform":
+                raise BenchError("uniform random queries have no classes: set scenario.knockoff.actions=clusters")
+        if int(self.augment) < 0:
+            raise BenchError(f"scenario.augment={self.augment}: the augmented copies per held-out image, >= 0")
         if self.copy.arch is not None and self.copy.arch not in models.MODELS:
             raise BenchError(f"scenario.copy.arch={self.copy.arch}: use one of {sorted(models.MODELS)} or null")
 
@@ -158,8 +189,10 @@ class Theft:
         rows.append(records.row("victim", "accuracy", float(np.mean(p_test.argmax(1) == y_test)), len(y_test)))
         defenses = ([] if self.api.defense is None
                     else [api.API_DEFENSES[self.api.defense](**self.api.defense_args)])
+        top = max(int(b) for b in self.budgets)
         oracle = api.PredictionAPI(victim_proba, mode=self.api.output, k=self.api.k, decimals=self.api.decimals,
-                                   defenses=defenses, seed=int(exp.rng("api").integers(2**31)))
+                                   defenses=defenses, seed=int(exp.rng("api").integers(2**31)),
+                                   budget=None if self.method == "functional" else top)  # 1 query = 1 input
         x_unif = exp.rng("uniform").random((int(self.n_uniform), *data.image_shape), dtype=np.float32)
         p_unif = victim_proba(x_unif)
 
@@ -167,12 +200,16 @@ class Theft:
             x_query, answers = None, None
             budgets = [None]
         # 2. the thief's queries, asked once for the largest budget
-        top = max(int(b) for b in self.budgets)
         copy_factory = None if self.copy.arch is None else partial(models.MODELS[self.copy.arch], **self.copy.model_args)
         fresh_copy = lambda: exp.build_model(jax.random.fold_in(exp.key("copy"), 0), copy_factory)
-        if self.method != "functional":
+        history = []
+        if self.method == "knockoff":
+            x_query, answers, history = self._knockoff(exp, oracle, data, pool, top, fresh_copy)
+            budgets = sorted(int(b) for b in self.budgets)
+        elif self.method != "functional":
             x_query, answers = self._queries(exp, oracle, data, pool, top, fresh_copy)
             budgets = sorted(int(b) for b in self.budgets)
+        method = f"knockoff_{self.knockoff.policy}" if self.method == "knockoff" else self.method
 
         # white-box reference for theft++: the suite's attacks crafted on the victim itself
         suite = evaluate.build_suite(suite_cfg.attacks, suite_cfg.norm, list(suite_cfg.eps)) if self.theft_plus else {}
@@ -207,7 +244,7 @@ class Theft:
             seconds = exp.seconds() - started
             q_test = _softmax(evaluate.logits(c_logits, c_params, x_test))
             q_unif = _softmax(evaluate.logits(c_logits, c_params, x_unif))
-            common = dict(budget=budget, queries=budget, method=self.method, query_set=self.query_set,
+            common = dict(budget=budget, queries=budget, method=method, query_set=self.query_set,
                           api_output=self.api.output, api_defense=self.api.defense or "none")
             rows += [records.row("copy", "accuracy", float(np.mean(q_test.argmax(1) == y_test)), len(y_test),
                                  seconds=seconds, **common),
@@ -227,18 +264,20 @@ class Theft:
                                         int(correct.sum()), norm=suite_cfg.norm, eps=eps, attack=name, **common))
             print(f"theft: budget {budget}: copy accuracy {np.mean(q_test.argmax(1) == y_test):.4f}, agreement "
                   f"{np.mean(q_test.argmax(1) == p_test.argmax(1)):.4f}", file=sys.stderr)
-        rows.append(records.row("api", "queries", oracle.queries, len(oracle.log), output=self.api.output))
+        rows.append(records.row("api", "queries", oracle.queries, len(oracle.log), output=self.api.output,
+                                command=_command(), method=method, query_set=self.query_set,
+                                api_output=self.api.output, api_defense=self.api.defense or "none"))
         if self.pictures:
             from bench import plots
 
             path = plots.budget_curves(exp.run_dir / "theft_budgets.png", pd.DataFrame(
                 [r for r in rows if r["evaluator"] == "copy" and r["metric"] in ("accuracy", "agreement_test")]),
-                title=f"{self.method}, {self.query_set} queries, API {self.api.output}"
+                title=f"{method}, {self.query_set} queries, API {self.api.output}"
                       + (f" + {self.api.defense}" if self.api.defense else ""))
             print(f"pictures: {path}", file=sys.stderr)
         for row in rows:
             row.setdefault("split", "none" if row["evaluator"] in ("train", "api") else suite_cfg.split)
-        return Result(rows, [], None)
+        return Result(rows, history, None)
 
     def _queries(self, exp, oracle, data, pool, top, fresh_copy):
         """The thief's `top` inputs and the API's answers to them (labels, or score rows)."""
@@ -247,8 +286,11 @@ class Theft:
             if top > len(pool):
                 raise BenchError(f"scenario.budgets up to {top} need that many in-distribution images, but the "
                                  f"thief's pool has {len(pool)}; lower the budgets or scenario.victim_share, or use "
-                                 "query_set=uniform|synthetic|other")
+                                 "query_set=augmented|uniform|synthetic|other")
             x = data.x_train[rng.permutation(pool)[:top]]
+        elif self.query_set == "augmented":
+            x_pool, _ = self._augmented(exp, data, pool, top)
+            x = x_pool[rng.permutation(len(x_pool))[:top]]
         elif self.query_set == "uniform":
             x = rng.random((top, *data.image_shape), dtype=np.float32)
         elif self.query_set == "other":
@@ -273,6 +315,88 @@ class Theft:
                 r += 1
             return x, _as_answers(np.concatenate(answers))
         return x, _as_answers(oracle.query(x))
+
+
+    def _augmented(self, exp, data, pool, top):
+        """The held-out images and `augment` randomly shifted and rotated copies of each (bench/knockoff.py),
+        with the held-out images' own labels (the thief's, for Knockoff's actions)."""
+        from bench import knockoff
+
+        x, y = data.x_train[pool], data.y_train[pool]
+        if top > len(x) * (1 + int(self.augment)):
+            raise BenchError(f"scenario.budgets up to {top} need that many images, but the augmented pool has "
+                             f"{len(x)} x (1 + {self.augment}); raise scenario.augment or lower the budgets")
+        extra = knockoff.augment(x, int(self.augment), exp.rng("pool"))
+        return np.concatenate([x, extra]), np.concatenate([y] * (1 + int(self.augment)))
+
+    def _knockoff(self, exp, oracle, data, pool, top, fresh_copy):
+        """Knockoff Nets (bench/knockoff.py): the pool and its actions, then random or adaptive selection of
+        `top` queries (synthetic: the seeds' queries first, counted in the budget)."""
+        from bench import knockoff
+
+        spec, rng = self.knockoff, exp.rng("queries")
+        bought = None
+        if self.query_set == "in_distribution":
+            x_pool, groups = data.x_train[pool], data.y_train[pool]
+        elif self.query_set == "augmented":
+            x_pool, groups = self._augmented(exp, data, pool, top)
+        elif self.query_set == "other":
+            other = datasets.digits() if data.name != "digits" else datasets.mnist5k()
+            x_pool = _resize(np.concatenate([other.x_train, other.x_test]), data.image_shape)
+            groups = np.concatenate([other.y_train, other.y_test])
+        elif self.query_set == "uniform":
+            x_pool, groups = exp.rng("pool").random((2 * top, *data.image_shape), dtype=np.float32), None
+        else:  # synthetic: the seeds asked, then candidates grown from them by Jacobian augmentation on a copy
+            seeds = data.x_train[rng.permutation(pool)[: min(int(self.seeds), top)]]
+            seed_answers = _as_answers(oracle.query(seeds))
+            labels = _labels(seed_answers)
+            copy = fresh_copy()
+            params = fit_copy(copy.logits_fn, copy.params, seeds, labels, epochs=10, batch_size=self.copy.batch_size,
+                              learning_rate=self.copy.learning_rate, key=jax.random.fold_in(exp.key("copy"), 10_000))
+            x_pool, groups, g = seeds, labels, 0
+            while len(x_pool) < len(seeds) + int(spec.candidates):
+                step = 0.1 * (-1) ** (g // 3)
+                x_pool = np.concatenate([x_pool, jacobian_augment(copy.logits_fn, params, x_pool, groups, step)])
+                groups, g = np.concatenate([groups, groups]), g + 1
+            x_pool, groups = x_pool[len(seeds):], groups[len(seeds):]  # the candidates (the seeds are bought)
+            bought = (seeds, seed_answers)
+            top -= len(seeds)
+        if groups is None or spec.actions == "clusters":
+            groups = knockoff.kmeans(x_pool, int(spec.clusters), exp.rng("pool"))
+        if top > len(x_pool):
+            raise BenchError(f"scenario.budgets up to {top} exceed the {len(x_pool)} images of the {self.query_set} "
+                             "pool; lower the budgets (or query_set=augmented with a larger scenario.augment)")
+        ask = lambda x: _as_answers(oracle.query(x))
+        print(f"theft: knockoff {spec.policy} selection of {top} queries from a pool of {len(x_pool)} "
+              f"({int(groups.max()) + 1} actions)", file=sys.stderr)
+        if spec.policy == "random":
+            chosen = knockoff.random_selection(len(x_pool), top, ask, x_pool, rng)
+        else:
+            copy = fresh_copy()
+            chosen = knockoff.adaptive_selection(
+                x_pool, groups, top, ask, num_classes=data.num_classes, logits_fn=copy.logits_fn, params=copy.params,
+                rng=rng, key=jax.random.fold_in(exp.key("copy"), 20_000), round_size=spec.round_size,
+                learning_rate=spec.bandit_lr, rewards=list(spec.rewards), window=spec.window,
+                online_steps=spec.online_steps, batch_size=self.copy.batch_size,
+                copy_learning_rate=self.copy.learning_rate, bought=bought)
+        x, answers = x_pool[chosen.order], chosen.answers
+        if bought is not None:
+            x, answers = np.concatenate([bought[0], x]), np.concatenate([bought[1], answers])
+        history = [dict(h, pool=self.query_set, actions=spec.actions) for h in chosen.history]
+        if history:
+            print(f"theft: adaptive policy after {history[-1]['queries']} queries: "
+                  + " ".join(f"{p:.2f}" for p in history[-1]["policy"]), file=sys.stderr)
+        return x, _as_answers(answers), history
+
+
+def _command() -> str:
+    """The command line of this run: `python -m bench` and the job's own overrides (one job of a sweep)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return " ".join(["python -m bench", *HydraConfig.get().overrides.task])
+    except Exception:  # not under Hydra (tests)
+        return " ".join(["python -m bench", *sys.argv[1:]])
 
 
 def _as_answers(answer):
