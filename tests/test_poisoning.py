@@ -266,3 +266,109 @@ def test_feature_collision_poisons_keep_labels_and_budget_and_collide_with_the_t
     before = np.linalg.norm(extract(fn, params, data.x_train[bases]) - f_t, axis=1)
     after = np.linalg.norm(extract(fn, params, poisoned.x[bases]) - f_t, axis=1)
     assert (after < 0.8 * before).all(), (before, after)  # the poisons moved towards the target in feature space
+
+
+def _flat_cosine(a, b):
+    from jax.flatten_util import ravel_pytree
+
+    u, v = np.asarray(ravel_pytree(a)[0]), np.asarray(ravel_pytree(b)[0])
+    return float(u @ v / (np.linalg.norm(u) * np.linalg.norm(v)))
+
+
+def test_gradient_matching_poisons_keep_labels_and_budget_and_raise_the_alignment(data):
+    import jax.numpy as jnp
+
+    from bench.poisoning import FROM_SCRATCH
+    from bench.poisoning.gradient_matching import _ce, adversarial_gradient, alignment
+
+    module, logits_fn, params = _train(data, data.x_train, data.y_train, epochs=1)
+    target = int(np.flatnonzero(data.y_test == 1)[0])
+    eps = 0.1
+    attack = FROM_SCRATCH["gradient_matching"](ratio=0.01, eps=eps, steps=30, restarts=2)
+    p = attack(logits_fn, params, data.x_train, data.y_train, data.x_test[target], 0, np.random.default_rng(0))
+    np.testing.assert_array_equal(p.y, data.y_train)  # clean-label
+    assert (data.y_train[p.info["bases"]] == 0).all() and len(p.info["bases"]) == round(0.01 * len(data.y_train))
+    np.testing.assert_array_equal(modified_indices(data.x_train, data.y_train, p.x, p.y), p.indices)
+    assert set(p.indices) <= set(p.info["bases"]) and len(p.indices) >= 1
+    assert np.abs(p.x - data.x_train).max() <= eps + 1e-6 and p.x.min() >= 0 and p.x.max() <= 1
+    assert p.x.dtype == np.float32
+    # the objective is the cosine of the whole parameter gradient (dot products and norms summed over layers)
+    bases = p.info["bases"]
+    g_adv = adversarial_gradient(logits_fn, params, data.x_test[target], 0)
+    y_b = jnp.asarray(data.y_train[bases], jnp.int32)
+    g_p = jax.grad(lambda q: _ce(logits_fn, q, jnp.asarray(p.x[bases]), y_b))(params)
+    assert float(alignment(logits_fn, params, jnp.asarray(p.x[bases]), y_b, g_adv)) == pytest.approx(
+        _flat_cosine(g_p, g_adv), abs=1e-4)
+    # crafting raises it: the trace climbs, and the kept poisons align better than the clean bases did
+    trace = p.info["trace"]
+    assert trace[-1] > trace[0] + 0.1, trace[[0, -1]]
+    assert p.info["alignment"] > p.info["alignment_before"] + 0.1, (p.info["alignment_before"], p.info["alignment"])
+
+
+def _scenario_run(tmp_path, overrides):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from bench.experiment import prepare
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        cfg = compose(config_name="config", overrides=["scenario=poisoning", "debug=tiny", "progress=false",
+                                                       "scenario.filters=[]", "scenario.pictures=false", *overrides])
+    scenario = instantiate(cfg.scenario, _convert_="object")
+    exp = prepare(cfg, tmp_path, {"model": "mlp", "defense": "standard"}, scenario.streams)
+    return scenario, scenario.run(exp).rows
+
+
+def test_gradient_matching_against_dp_sgd_in_the_scenario_records_targets_budget_and_the_accountants_epsilon(
+        tmp_path):
+    """One tiny run: gradient matching (surrogate trained normally) against victims trained with DP-SGD."""
+    import dp_accounting
+
+    from bench.privacy import accounting
+
+    scenario, rows = _scenario_run(tmp_path, [
+        "scenario.attack=gradient_matching", "scenario.ratio=0.02", "scenario.targets=2", "+scenario.args.steps=10",
+        "+scenario.args.eps=0.05", "scenario.dp.enabled=true", "scenario.dp.noise_multiplier=1.1",
+        "scenario.dp.batch_size=128", "scenario.dp.epochs=1", "scenario.dp.pad_multiple=64"])
+    get = lambda ev, m: next(r for r in rows if r["evaluator"] == ev and r["metric"] == m)
+    assert scenario.defense_label("standard") == "standard+dp_sgd"
+    assert {r["evaluator"] for r in rows} == {"surrogate", "clean_training", "poisoned"}
+    success = get("poisoned", "targeted_success")
+    assert success["n"] == 2 and len(success["targets"].split(",")) == 2 and success["poison_eps"] == 0.05
+    n = 1437  # digits' training split
+    assert success["poison_ratio"] == pytest.approx(round(0.02 * n) / n)
+    assert get("clean_training", "targeted_success")["poison_ratio"] == 0.0
+    assert get("poisoned", "alignment")["value"] > get("poisoned", "alignment_before")["value"]
+    # the victims' epsilon: the privacy scenario's accountant call and a direct dp-accounting composition agree
+    eps, q, sigma, steps, delta = (success[k] for k in ("dp_epsilon", "dp_sampling_rate", "dp_noise_multiplier",
+                                                        "dp_steps", "dp_delta"))
+    assert np.isfinite(eps) and eps > 0 and sigma == 1.1 and get("poisoned", "epsilon")["value"] == eps
+    assert get("clean_training", "clean_accuracy")["dp_epsilon"] == eps
+    assert get("surrogate", "clean_accuracy")["dp_epsilon"] == float("inf")  # the attacker's model is not private
+    assert q == pytest.approx(128 / n) and steps == int(np.ceil(1 / q)) and delta == accounting.default_delta(n)
+    assert eps == accounting.epsilon(accounting.dpsgd_event(q, sigma, steps), delta, "pld")  # the privacy scenario's
+    event = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma))
+    assert eps == pytest.approx(dp_accounting.pld.PLDAccountant().compose(event, int(steps)).get_epsilon(delta),
+                                abs=1e-9)
+
+
+def test_bad_gradient_matching_and_dp_settings_are_one_line_errors():
+    from bench.poisoning import FROM_SCRATCH
+    from bench.scenarios.poisoning import Poisoning, PoisonDP
+
+    for eps in (0.0, -0.1, 1.5):
+        with pytest.raises(BenchError, match="eps .*scenario.args.eps"):
+            FROM_SCRATCH["gradient_matching"](eps=eps)
+    with pytest.raises(BenchError, match="scenario.ratio"):
+        FROM_SCRATCH["gradient_matching"](ratio=0.0)
+    with pytest.raises(BenchError, match="set scenario.ratio instead"):
+        Poisoning(attack="gradient_matching", ratio=0.01, target=0, args={"ratio": 0.1}).make_attack()
+    with pytest.raises(BenchError, match="bench/poisoning/gradient_matching.py"):
+        Poisoning(attack="gradient_matching", ratio=0.01, target=0, args={"epsilon": 0.1}).make_attack()
+    no_budget = PoisonDP(enabled=True, target_epsilon=None, noise_multiplier=None)
+    with pytest.raises(BenchError, match="scenario.dp.target_epsilon"):
+        Poisoning(attack="badnets", ratio=0.1, target=0, dp=no_budget).check_dp()
+    with pytest.raises(BenchError, match="scenario.dp.enabled=false"):
+        Poisoning(attack="badnets", ratio=0.1, target=0,
+                  dp=PoisonDP(enabled=True, target_epsilon=0.0, noise_multiplier=None)).check_dp()
+    Poisoning(attack="badnets", ratio=0.1, target=0, dp=PoisonDP(enabled=False)).check_dp()  # off: nothing to check

@@ -14,6 +14,7 @@ from bench.poisoning.badnets import badnets
 from bench.poisoning.base import PoisonedSet, attack_inputs, modified_indices
 from bench.poisoning.blend import blend
 from bench.poisoning.feature_collision import feature_collision
+from bench.poisoning.gradient_matching import gradient_matching
 from bench.poisoning.influence import influence_attack
 from bench.poisoning.label_flip import label_flip
 from bench.poisoning.spectral import spectral_signatures
@@ -33,10 +34,17 @@ TARGETED = {
     "feature_collision": feature_collision,  # (fn, params, head, x, y, x_target, base, rng) on frozen features
 }
 
+# Targeted clean-label attacks whose victim is the configured model trained from scratch on the poisoned set,
+# against a surrogate the attacker trained on the clean set (scenario.attack; `run_from_scratch`): a factory of
+# `ratio` and its own arguments returning (logits_fn, params, x_train, y_train, x_target, adv, rng) -> PoisonedSet.
+FROM_SCRATCH = {
+    "gradient_matching": gradient_matching,  # Geiping et al. 2021, Witches' Brew
+}
+
 # Every filtering defense, one line each (scenario.filters).
 FILTERS = {
     "spectral_signatures": spectral_signatures,
     "activation_clustering": activation_clustering,
 }
 
-__all__ = ["ATTACKS", "FILTERS", "TARGETED", "PoisonedSet", "attack_inputs", "modified_indices"]
+__all__ = ["ATTACKS", "FILTERS", "FROM_SCRATCH", "TARGETED", "PoisonedSet", "attack_inputs", "modified_indices"]

@@ -5,12 +5,15 @@ One row per (experiment, trained model): the experiment is the config without it
 else differs), the trained model is `clean_training` (the clean set, ratio 0), `poisoned` (the poisoned set,
 defense = the training objective only) or a filter (defense = objective + filter, retrained without what it
 flagged). Columns: attack, ratio (the share of the training set modified), defense, CA, ASR, RA (%), the
-filter's detection TPR and FPR (%), DER (in [0, 1]), targeted success (%), seeds (the list).
+filter's detection TPR and FPR (%), DER (in [0, 1]), targeted success (%), epsilon (DP-SGD's, PLD accountant;
+shown when some row trained with DP: inf for the others), split (the split scored), seeds (the list), targets (per
+seed, for targeted attacks) and the command that made the row (`python -m bench -m <overrides> seed=<seeds>`).
 Shares carry the 95% Wilson interval of the mean on the examples they were measured on.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from bench.errors import BenchError
@@ -19,7 +22,7 @@ from bench.report import _cells, _format, latest_runs, to_markdown, with_experim
 
 COLUMNS = {"CA": "clean_accuracy", "ASR": "attack_success_rate", "RA": "robust_accuracy", "TPR": "tpr",
            "FPR": "fpr", "DER": "der", "targeted": "targeted_success"}
-ORDER = {"clean_training": 0, "poisoned": 1}
+ORDER = {"surrogate": 0, "clean_training": 0, "poisoned": 1}
 _NAMED_BY_ROW = ("scenario.attack=", "scenario.ratio=")  # shown as columns, not as the variant
 
 
@@ -33,13 +36,23 @@ def poisoning_table(records: pd.DataFrame, *, with_ci: bool = False) -> pd.DataF
     keys = ["experiment", "evaluator"]
     column = picked["evaluator"] + "\x00" + picked["metric"]
     cells = _cells(picked, column)
+    for column, default in (("dp_epsilon", float("inf")), ("split", "test"), ("command", ""), ("targets", "")):
+        if column not in picked.columns:
+            picked = picked.assign(**{column: default})
+    picked = picked.assign(dp_epsilon=picked.dp_epsilon.fillna(float("inf")), split=picked.split.fillna("test"),
+                           command=picked.command.fillna(""), targets=picked.targets.fillna(""))
+    seed_list = lambda s: ",".join(map(str, sorted(set(int(v) for v in s))))
     table = picked.groupby(keys).agg(dataset=("dataset", "first"), model=("model", "first"),
                                      attack=("attack", "first"), ratio=("poison_ratio", "mean"),
                                      defense=("defense", "first"), variant=("variant", "first"),
-                                     seeds=("seed", lambda s: ",".join(map(str, sorted(set(int(v) for v in s))))))
+                                     epsilon=("dp_epsilon", "max"), split=("split", "first"),
+                                     seeds=("seed", seed_list), command=("command", "first"),
+                                     targets=("targets", lambda s: " / ".join(dict.fromkeys(v for v in s if v))))
     table = table.reset_index()
-    table["defense"] = [d + " (clean data)" if e == "clean_training" else d if e == "poisoned" else f"{d}+{e}"
-                        for d, e in zip(table.defense, table.evaluator)]
+    table["command"] = [f"python -m bench -m {c} seed={s}" if c else "" for c, s in zip(table.command, table.seeds)]
+    named = {"clean_training": "{} (clean data)", "surrogate": "{} (attacker's surrogate, clean data)",
+             "poisoned": "{}"}
+    table["defense"] = [named.get(e, "{}+" + e).format(d) for d, e in zip(table.defense, table.evaluator)]
     table["variant"] = [", ".join(p for p in str(v).split(", ") if p and not p.startswith(_NAMED_BY_ROW))
                         for v in table.variant]
     for label, metric in COLUMNS.items():
@@ -63,9 +76,15 @@ def poisoning_table(records: pd.DataFrame, *, with_ci: bool = False) -> pd.DataF
         ["dataset", "model", "attack", "ratio", "variant", "_order", "evaluator"])
     empty = [label for label in COLUMNS if (table[label].astype(str).isin(["", "nan"])).all()]
     table = table.drop(columns=["experiment", "evaluator", "_order", *empty])
-    if not table["variant"].astype(bool).any():
-        table = table.drop(columns="variant")
-    table = table[[c for c in table.columns if c != "seeds"] + ["seeds"]].rename(columns={"ratio": "ratio %"})
+    for column in ("variant", "targets", "command"):
+        if not table[column].astype(bool).any():
+            table = table.drop(columns=column)
+    if not np.isfinite(table["epsilon"].astype(float)).any():
+        table = table.drop(columns="epsilon")
+    if set(table["split"]) == {"test"}:
+        table = table.drop(columns="split")
+    last = [c for c in ("seeds", "targets", "command") if c in table.columns]
+    table = table[[c for c in table.columns if c not in last] + last].rename(columns={"ratio": "ratio %"})
     return table.reset_index(drop=True)
 
 

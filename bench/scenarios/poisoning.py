@@ -19,15 +19,27 @@ so a filter's effect is measured against a paired run. Table: bench/poisoning/re
 defense; CA, ASR, RA, TPR, FPR, DER, seeds). With `pictures`, poisons.png beside the records.
 Targeted attacks (`bench.poisoning.TARGETED`: influence, feature_collision) run one poisoning per target test
 image instead (`run_targeted`, `run_feature_collision`): `targets` targets per seed (stream "targets"), listed
-in the rows' `targets` column, with the targeted success over them.
+in the rows' `targets` column, with the targeted success over them. Gradient matching
+(`bench.poisoning.FROM_SCRATCH`, `run_from_scratch`) is targeted too, but its victim is the configured model
+trained from scratch on the poisoned set (its own initialisation, stream "victim"), against a surrogate the
+attacker trained on the clean set.
+
+With `dp.enabled`, every model the scenario trains (clean, poisoned, filtered; gradient matching's victims, not
+its surrogate) trains with DP-SGD (bench/privacy/dp_sgd.py, the privacy scenario's hooks: Poisson batches,
+clipping, noise calibrated to `dp.target_epsilon` by the accountant); the rows carry `dp_epsilon` (the PLD
+accountant's epsilon for the steps taken; inf without DP), `dp_delta`, `dp_noise_multiplier`, and the defense
+column reads `<defense>+dp_sgd`. Scores are on `suite.split` (test, or with `validation=N` the validation split:
+the split tuning reads); every row names it (`split`) and the command that made it (`command`).
 """
 
 from __future__ import annotations
 
 import time
+import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Dict, List, Optional
 
+import jax
 import numpy as np
 import pandas as pd
 from omegaconf import MISSING
@@ -35,8 +47,30 @@ from omegaconf import MISSING
 from bench import evaluate, records, train
 from bench.errors import BenchError
 from bench.experiment import Experiment, Result
-from bench.poisoning import ATTACKS, FILTERS, TARGETED, attack_inputs, metrics, modified_indices
+from bench.poisoning import ATTACKS, FILTERS, FROM_SCRATCH, TARGETED, attack_inputs, metrics, modified_indices
 from bench.poisoning.features import extract, features_fn
+from bench.privacy import accounting, dp_sgd
+from bench.scenarios.privacy import DP, Privacy
+
+
+@dataclass
+class PoisonDP(DP):
+    """DP-SGD as a defense against the poisons: the privacy scenario's budget (conf/scenario/privacy.yaml) plus
+    `enabled`."""
+
+    enabled: bool = False
+
+
+def _command() -> str:
+    """The command line of this run, without its seed (the table lists the seeds), from Hydra's overrides."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = list(HydraConfig.get().overrides.task)
+    except Exception:  # not under Hydra (a test calling the scenario directly)
+        return ""
+    skip = ("seed=", "hydra.", "progress=", "checkpoint.")
+    return " ".join(o for o in overrides if not o.startswith(skip))
 
 
 @dataclass
@@ -74,11 +108,75 @@ class Poisoning:
     pictures: bool = MISSING
     classes: List[int] = field(default_factory=lambda: [3, 8])  # targeted attacks: the binary pair (a -> 0, b -> 1)
     targets: int = MISSING  # targeted attacks: target test images per seed
-    streams: ClassVar[tuple[str, ...]] = ("init", "train", "poison", "filter", "targets")
+    dp: PoisonDP = field(default_factory=PoisonDP)  # DP-SGD as a defense (off unless dp.enabled)
+    streams: ClassVar[tuple[str, ...]] = ("init", "train", "poison", "filter", "targets", "noise", "victim")
 
-    @staticmethod
-    def defense_label(defense: str) -> str:
-        return defense
+    def defense_label(self, defense: str) -> str:
+        return f"{defense}+dp_sgd" if self.dp.enabled else defense
+
+    def check_dp(self) -> None:
+        """Bad DP settings fail before any training, with the fix in the message."""
+        if not self.dp.enabled:
+            return
+        d = self.dp
+        if d.target_epsilon is None and d.noise_multiplier is None:
+            raise BenchError("scenario.dp.enabled=true needs a budget: set scenario.dp.target_epsilon (e.g. 8; sigma is "
+                             "calibrated by the accountant) or scenario.dp.noise_multiplier")
+        if d.noise_multiplier is None and not float(d.target_epsilon) > 0:
+            raise BenchError(f"scenario.dp.target_epsilon must be > 0 (a finite budget), got {d.target_epsilon}; "
+                             "for no DP set scenario.dp.enabled=false")
+
+    def fitter(self, exp: Experiment, model, objective, history: list):
+        """`fit(x, y, name, params=None, key=None) -> (params, seconds, dp_facts)`: one training with the run's
+        `train:` settings, or with DP-SGD when `dp.enabled` (then `dp_facts` holds epsilon under the PLD and RDP
+        accountants for the steps actually taken, delta, sigma, q, steps; else epsilon inf)."""
+        t = exp.train
+        plans, spent = {}, {}  # one calibration per training-set size, one accounting per event
+
+        def fit(x, y, name, params=None, key=None):
+            started = time.perf_counter()
+            params = model.params if params is None else params
+            key = exp.key("train") if key is None else key
+            grad_fn = sampler = None
+            if self.dp.enabled:
+                d = self.dp
+                if len(y) not in plans:
+                    plans[len(y)] = dp_sgd.plan_from_settings(
+                        len(y), clip_norm=d.clip_norm, batch_size=d.batch_size, sampling_rate=d.sampling_rate,
+                        epochs=d.epochs, steps=d.steps, noise_multiplier=d.noise_multiplier,
+                        target_epsilon=d.target_epsilon, delta=d.delta, accountant=d.accountant,
+                        default_batch_size=t.batch_size, default_epochs=t.epochs)
+                plan = plans[len(y)]
+                optimizer = dp_sgd.dp_optimizer(t.optimizer(plan.steps), clip_norm=plan.clip_norm,
+                                                noise_multiplier=plan.noise_multiplier,
+                                                expected_batch_size=plan.expected_batch_size,
+                                                key=jax.random.fold_in(exp.key("noise"),
+                                                                        zlib.crc32(name.encode()) % 2 ** 31))
+                # the privacy scenario's choice of clipping path (ghost norms for a ConvNet with the standard
+                # objective, else jax-privacy's per-example clipping): it reads only self.dp
+                grad_fn = Privacy._clipping(self, model, exp.labels.get("defense"), plan.clip_norm)
+                sampler = dp_sgd.PoissonSampler(len(y), plan.q, plan.steps, plan.steps_per_epoch, d.pad_multiple)
+                epochs, batch_size = plan.epochs, max(1, round(plan.expected_batch_size))
+            else:
+                epochs, batch_size = t.epochs, t.batch_size
+                optimizer = t.optimizer(t.epochs * train.steps_per_epoch(len(y), t.batch_size))
+            params, h = train.train(objective, params, optimizer, x, y, epochs=epochs, batch_size=batch_size,
+                                    key=key, progress=exp.progress, grad_fn=grad_fn, sampler=sampler,
+                                    checkpointer=exp.checkpointer(name))
+            history.extend({"model": name, **row} for row in h)
+            facts = {"dp_epsilon": float("inf")}
+            if self.dp.enabled:
+                account = (plan.q, plan.noise_multiplier, sampler.steps_taken, plan.delta)
+                if account not in spent:
+                    event = accounting.dpsgd_event(plan.q, plan.noise_multiplier, sampler.steps_taken)
+                    spent[account] = {kind: accounting.epsilon(event, plan.delta, kind) for kind in ("pld", "rdp")}
+                facts = {"dp_epsilon": spent[account]["pld"],
+                         "dp_epsilon_rdp": spent[account]["rdp"], "dp_delta": plan.delta,
+                         "dp_noise_multiplier": plan.noise_multiplier, "dp_sampling_rate": plan.q,
+                         "dp_steps": sampler.steps_taken, "dp_clip_norm": plan.clip_norm}
+            return params, time.perf_counter() - started, facts
+
+        return fit
 
     @staticmethod
     def table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -93,6 +191,15 @@ class Poisoning:
         return list(write_poisoning_tables(frame, out).values())
 
     def make_attack(self):
+        if self.attack in FROM_SCRATCH:
+            args = dict(self.args or {})
+            if "ratio" in args:
+                raise BenchError("scenario.args.ratio: set scenario.ratio instead (one place for it)")
+            try:
+                return FROM_SCRATCH[self.attack](ratio=self.ratio, **args)
+            except TypeError as err:
+                raise BenchError(f"scenario.args: {err}; check the keys against bench/poisoning/{self.attack}.py") \
+                    from None
         if self.attack in TARGETED:
             try:
                 return TARGETED[self.attack](**dict(self.args or {}))
@@ -100,7 +207,8 @@ class Poisoning:
                 raise BenchError(f"scenario.args: {err}; check the keys against bench/poisoning/{self.attack}.py") \
                     from None
         if self.attack not in ATTACKS:
-            raise BenchError(f"unknown scenario.attack '{self.attack}'; use one of {sorted(ATTACKS) + sorted(TARGETED)}")
+            raise BenchError(f"unknown scenario.attack '{self.attack}'; use one of "
+                             f"{sorted(ATTACKS) + sorted(TARGETED) + sorted(FROM_SCRATCH)}")
         args = dict(self.args or {})
         for key in ("ratio", "target"):
             if key in args:
@@ -216,13 +324,20 @@ class Poisoning:
         ], [{"model": "clean", **row} for row in history])
 
     def run(self, exp: Experiment) -> Result:
+        self.check_dp()
+        if self.attack in FROM_SCRATCH:
+            return self.run_from_scratch(exp)
+        if self.dp.enabled and self.attack in TARGETED:
+            raise BenchError(f"scenario.dp: DP-SGD trains the victims of label_flip, badnets, blend and "
+                             f"gradient_matching; {self.attack}'s victim is its own model; set scenario.dp.enabled=false")
         if self.attack == "feature_collision":
             return self.run_feature_collision(exp)
         if self.attack in TARGETED:
             return self.run_targeted(exp)
-        data, t = exp.data, exp.train
+        data = exp.data
         make_poisons, filters = self.make_attack(), self.make_filters()
         x_train, y_train = data.x_train, data.y_train
+        x_eval, y_eval = data.split(exp.suite.split)
         n = len(y_train)
         poisoned = make_poisons(x_train, y_train, exp.rng("poison"), data.num_classes)
         found = modified_indices(x_train, y_train, poisoned.x, poisoned.y)
@@ -237,25 +352,21 @@ class Poisoning:
         model = exp.build_model()
         logits_fn, objective = model.logits_fn, exp.objective(model)
         history: list[dict] = []
+        fit = self.fitter(exp, model, objective, history)
+        command = _command()
 
-        def fit(x, y, name):
-            started = time.perf_counter()
-            optimizer = t.optimizer(t.epochs * train.steps_per_epoch(len(y), t.batch_size))
-            params, h = train.train(objective, model.params, optimizer, x, y, epochs=t.epochs,
-                                    batch_size=t.batch_size, key=exp.key("train"), progress=exp.progress,
-                                    checkpointer=exp.checkpointer(name))
-            history.extend({"model": name, **row} for row in h)
-            return params, time.perf_counter() - started
-
-        tested = attack_inputs(poisoned, data.x_test, data.y_test)
+        tested = attack_inputs(poisoned, x_eval, y_eval)
         rows: list[dict] = []
 
-        def score(params, evaluator, seconds, ratio):
-            extra = dict(attack=poisoned.name, poison_ratio=ratio, target=poisoned.target, split="test")
-            ca = metrics.clean_accuracy(evaluate.predict(logits_fn, params, data.x_test), data.y_test)
+        def score(params, evaluator, seconds, ratio, facts):
+            extra = dict(attack=poisoned.name, poison_ratio=ratio, target=poisoned.target, split=exp.suite.split,
+                         command=command, **facts)
+            ca = metrics.clean_accuracy(evaluate.predict(logits_fn, params, x_eval), y_eval)
             found = {"ca": ca, "asr": float("nan")}
-            rows.append(records.row(evaluator, "clean_accuracy", ca, len(data.y_test), **extra))
+            rows.append(records.row(evaluator, "clean_accuracy", ca, len(y_eval), **extra))
             rows.append(records.row(evaluator, "train_seconds", seconds, n, seconds=seconds, **extra))
+            if self.dp.enabled:
+                rows.append(records.row(evaluator, "epsilon", facts["dp_epsilon"], n, **extra))
             if tested is not None and len(tested[1]):
                 x_trig, y_true, y_adv = tested
                 pred = evaluate.predict(logits_fn, params, x_trig)
@@ -266,11 +377,11 @@ class Poisoning:
             return found, extra
 
         if self.clean_reference:
-            params, seconds = fit(x_train, y_train, "clean")
-            score(params, "clean_training", seconds, 0.0)
-        params, seconds = fit(poisoned.x, poisoned.y, "poisoned")
+            params, seconds, facts = fit(x_train, y_train, "clean")
+            score(params, "clean_training", seconds, 0.0, facts)
+        params, seconds, facts = fit(poisoned.x, poisoned.y, "poisoned")
         exp.save_params(params, model)
-        before, extra = score(params, "poisoned", seconds, poisoned.ratio)
+        before, extra = score(params, "poisoned", seconds, poisoned.ratio, facts)
         rows.append(records.row("poisoned", "poisons", len(poisoned.indices), n, **extra))
 
         if filters:
@@ -287,9 +398,102 @@ class Poisoning:
             keep = np.setdiff1d(np.arange(n), flagged)
             left = np.intersect1d(keep, poisoned.indices)
             rows.append(records.row(name, "poisons_left", len(left) / max(len(keep), 1), len(keep), **extra))
-            params_f, seconds = fit(poisoned.x[keep], poisoned.y[keep], name)
-            after, _ = score(params_f, name, seconds, poisoned.ratio)
+            params_f, seconds, facts_f = fit(poisoned.x[keep], poisoned.y[keep], name)
+            after, extra_f = score(params_f, name, seconds, poisoned.ratio, facts_f)
             if np.isfinite(before["asr"]):
                 rows.append(records.row(name, "der", metrics.der(before["ca"], before["asr"], after["ca"],
-                                                                 after["asr"]), len(tested[1]), **extra))
+                                                                 after["asr"]), len(tested[1]), **extra_f))
         return Result(rows, history)
+
+    def run_from_scratch(self, exp: Experiment) -> Result:
+        """Gradient matching (bench/poisoning/gradient_matching.py): the surrogate is the configured model trained
+        on the clean set with the configured objective (streams "init", "train"; never DP: the attacker's own
+        model). Per seed, `targets` test images of classes other than `target` (the adversarial label) that the
+        surrogate classifies correctly (stream "targets"); per target, round(ratio * n) images of class `target`
+        are perturbed within eps (stream "poison"), and a victim is trained FROM SCRATCH on the poisoned set
+        (initialisation stream "victim", data order its own fold of "train"; the configured objective, DP-SGD with
+        `dp.enabled`). All victims of a seed share that initialisation and order, and so does the clean
+        reference victim trained on the clean set (rows `clean_training`: how often a target already lands on
+        `target`). Rows: CA of the surrogate (`surrogate`), of the clean victim and the mean over the poisoned
+        victims; targeted success over the targets (listed in `targets`); the alignment (cosine) of the poisons'
+        gradient before and after crafting, on the surrogate."""
+        data = exp.data
+        attack = self.make_attack()
+        adv = int(self.target)
+        if not 0 <= adv < data.num_classes:
+            raise BenchError(f"scenario.target (the adversarial label) must be a class in 0..{data.num_classes - 1}, "
+                             f"got {adv}")
+        x_train, y_train = data.x_train, data.y_train
+        x_eval, y_eval = data.split(exp.suite.split)
+        n = len(y_train)
+        model = exp.build_model()
+        logits_fn, objective = model.logits_fn, exp.objective(model)
+        history: list[dict] = []
+        command = _command()
+        started = time.perf_counter()
+        surrogate_fit = Poisoning.fitter(self._without_dp(), exp, model, objective, history)
+        surrogate, surrogate_seconds, _ = surrogate_fit(x_train, y_train, "surrogate")
+        pred = evaluate.predict(logits_fn, surrogate, x_eval)
+        eligible = np.flatnonzero((pred == y_eval) & (y_eval != adv))
+        count = int(self.targets)
+        if not 1 <= count <= len(eligible):
+            raise BenchError(f"scenario.targets must be in 1..{len(eligible)} (images the surrogate classifies "
+                             f"correctly, of classes other than {adv}), got {count}")
+        chosen = np.sort(exp.rng("targets").choice(eligible, size=count, replace=False))
+        fit = self.fitter(exp, model, objective, history)
+        victim_init = exp.build_model(key=exp.key("victim")).params
+        victim_key = jax.random.fold_in(exp.key("train"), 1)
+        clean_params, clean_seconds, facts = fit(x_train, y_train, "clean", params=victim_init, key=victim_key)
+        clean_pred = evaluate.predict(logits_fn, clean_params, x_eval)
+        rng = exp.rng("poison")
+        flips, accs, before, after, ratios, craft_seconds, victim_seconds = [], [], [], [], [], 0.0, 0.0
+        for i, j in enumerate(chosen):
+            t0 = time.perf_counter()
+            poisoned = attack(logits_fn, surrogate, x_train, y_train, x_eval[j], adv, rng)
+            craft_seconds += time.perf_counter() - t0
+            found = modified_indices(x_train, y_train, poisoned.x, poisoned.y)
+            if (not np.array_equal(poisoned.y, y_train) or not np.array_equal(found, poisoned.indices)
+                    or np.abs(poisoned.x - x_train).max() > poisoned.info["eps"] + 1e-6
+                    or poisoned.x.min() < 0 or poisoned.x.max() > 1):
+                raise RuntimeError(f"{poisoned.name}: a poison left its label, its L-inf budget or [0, 1], or the "
+                                   "reported indices are not where the set changed")
+            if i == 0 and self.pictures:
+                from bench.poisoning.plots import poison_figure
+
+                poison_figure(poisoned, x_train, y_train, exp.run_dir / "poisons.png", delta=poisoned.info["eps"],
+                              target=(x_eval[j], int(y_eval[j])))
+            params, seconds, facts = fit(poisoned.x, poisoned.y, f"victim_{i}", params=victim_init, key=victim_key)
+            victim_seconds += seconds
+            flips.append(int(evaluate.predict(logits_fn, params, x_eval[j:j + 1])[0]) == adv)
+            accs.append(metrics.clean_accuracy(evaluate.predict(logits_fn, params, x_eval), y_eval))
+            before.append(poisoned.info["alignment_before"])
+            after.append(poisoned.info["alignment"])
+            ratios.append(poisoned.ratio)
+        extra = dict(attack=f"gradient_matching", poison_ratio=float(np.mean(ratios)), target=adv,
+                     split=exp.suite.split, targets=",".join(map(str, chosen)), command=command,
+                     poison_eps=float(poisoned.info["eps"]), **facts)
+        clean_extra = {**extra, "poison_ratio": 0.0}
+        rows = [
+            records.row("surrogate", "clean_accuracy", np.mean(pred == y_eval), len(y_eval), seconds=surrogate_seconds,
+                        **{**clean_extra, "dp_epsilon": float("inf")}),
+            records.row("clean_training", "clean_accuracy", np.mean(clean_pred == y_eval), len(y_eval),
+                        seconds=clean_seconds, **clean_extra),
+            records.row("clean_training", "targeted_success", np.mean(clean_pred[chosen] == adv), count,
+                        **clean_extra),
+            records.row("poisoned", "clean_accuracy", float(np.mean(accs)), len(y_eval), **extra),
+            records.row("poisoned", "targeted_success", float(np.mean(flips)), count,
+                        seconds=time.perf_counter() - started, **extra),
+            records.row("poisoned", "alignment_before", float(np.mean(before)), count, **extra),
+            records.row("poisoned", "alignment", float(np.mean(after)), count, **extra),
+            records.row("poisoned", "craft_seconds", craft_seconds, count, seconds=craft_seconds, **extra),
+            records.row("poisoned", "train_seconds", victim_seconds, count, seconds=victim_seconds, **extra),
+            records.row("poisoned", "poisons", float(np.mean([r * n for r in ratios])), n, **extra),
+        ]
+        if self.dp.enabled:
+            rows.append(records.row("poisoned", "epsilon", facts["dp_epsilon"], n, **extra))
+        return Result(rows, history)
+
+    def _without_dp(self) -> "Poisoning":
+        from dataclasses import replace
+
+        return replace(self, dp=replace(self.dp, enabled=False))
