@@ -1,4 +1,5 @@
-"""Model theft: exact equation solving, copies that improve with queries, the API's defenses."""
+"""Model theft: exact equation solving, copies that improve with queries, the API's defenses, Knockoff's
+adaptive selection and its query count, functionally equivalent extraction."""
 
 from __future__ import annotations
 
@@ -94,4 +95,94 @@ def test_functional_method_through_the_scenario(tmp_path):
     # every input the extraction used went through the API and is what the rows report as the budget
     assert {r["budget"] for r in copy} == {spent}
     units = {r["metric"]: r["value"] for r in copy}
-    assert units["units_victim"] == 20 and 0 <= units["units_missing"] <= 20 and 0 <= units["agreement_test"] <= 1
+    # a trained victim: every hidden unit found, none spurious, and the copy computes the same function
+    assert units["units_victim"] == 20 and units["units_missing"] == 0 and units["units_found"] == 20
+    assert units["max_weight_error"] < 2e-2 and units["agreement_test"] >= 0.99
+
+
+def test_functional_extraction_finds_every_unit_of_a_wider_planted_net_through_float32_probabilities():
+    from bench.extraction import extract_relu_net, weight_error
+
+    rng = np.random.default_rng(3)
+    d, h, m = 24, 12, 5
+    w1 = rng.normal(size=(h, d))
+    b1 = rng.normal(size=h) * 0.3 - w1 @ np.full(d, 0.5)   # hyperplanes near the cube's centre, as trained ones
+    w2, b2 = rng.normal(size=(m + 1, h)), rng.normal(size=m + 1)
+    logits = lambda x: np.maximum(x @ w1.T + b1, 0) @ w2.T + b2
+    victim = api.PredictionAPI(lambda x: _softmax(logits(x)), mode="probabilities")   # answers in float32
+
+    def query(x):
+        logp = np.log(np.asarray(victim.query(x), np.float64))
+        return logp[:, 1:] - logp[:, :1]
+
+    net = extract_relu_net(query, d, np.random.default_rng(4), lines=16)
+    error, missing = weight_error(net, w1, b1)
+    assert missing == 0 and len(net.b1) == h and error < 1e-3
+    x = rng.uniform(0, 1, (2000, d))
+    true = logits(x)
+    assert (net(x).argmax(1) == (true[:, 1:] - true[:, :1]).argmax(1)).mean() > 0.995
+
+
+def _toy_pool():
+    """Three actions of 300 points: action 0's answers depend on the point (informative: diverse, and the copy
+    keeps learning from them); actions 1 and 2 always get the same confident answer."""
+    rng = np.random.default_rng(0)
+    actions = np.repeat(np.arange(3), 300)
+    x = np.concatenate([rng.normal(size=(900, 3)), np.eye(3)[actions]], axis=1).astype(np.float32)
+
+    def victim(x):
+        z = np.where(x[:, 3:4] > 0.5, 20 * x[:, :3], np.array([[20.0, 0.0, 0.0]]))
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    return x, actions, victim
+
+
+def test_adaptive_policy_shifts_its_selection_toward_the_informative_action():
+    import jax
+    import jax.numpy as jnp
+
+    from bench import knockoff
+
+    bandit = knockoff.GradientBandit(3, learning_rate=0.5)  # the update alone: action 1 pays, the others do not
+    for _ in range(20):
+        drawn = np.array([0, 1, 2, 1])
+        bandit.update(drawn, (drawn == 1).astype(float))
+    assert bandit.probabilities().argmax() == 1 and bandit.probabilities()[1] > 0.6
+
+    x, actions, victim = _toy_pool()
+    oracle = api.PredictionAPI(victim, mode="probabilities", budget=300)
+    chosen = knockoff.adaptive_selection(
+        x, actions, 300, oracle.query, num_classes=3, logits_fn=lambda p, x: x @ p["w"] + p["b"],
+        params={"w": jnp.zeros((6, 3)), "b": jnp.zeros(3)}, rng=np.random.default_rng(1), key=jax.random.PRNGKey(0),
+        round_size=25, online_steps=20, batch_size=32, copy_learning_rate=0.05)
+    assert chosen.history[0]["policy"] == [1 / 3] * 3
+    assert chosen.history[-1]["policy"][0] > 0.6
+    assert np.bincount(actions[chosen.order], minlength=3)[0] > 150       # uniform selection would give about 100
+    assert oracle.queries == 300 and len(set(chosen.order.tolist())) == 300 and len(chosen.answers) == 300
+
+
+def test_knockoff_spends_exactly_its_budget_and_the_api_enforces_it(tmp_path):
+    import jax
+    import jax.numpy as jnp
+
+    from bench import knockoff
+
+    x, actions, victim = _toy_pool()
+    oracle = api.PredictionAPI(victim, mode="label", budget=100)
+    try:
+        knockoff.adaptive_selection(x, actions, 120, oracle.query, num_classes=3,
+                                    logits_fn=lambda p, x: x @ p["w"] + p["b"],
+                                    params={"w": jnp.zeros((6, 3)), "b": jnp.zeros(3)}, rng=np.random.default_rng(1),
+                                    key=jax.random.PRNGKey(0), round_size=40, online_steps=2)
+        raise AssertionError("the API answered past its budget")
+    except api.QueryBudgetExceeded:
+        assert oracle.queries == 80  # two rounds of 40 answered, the third refused whole
+
+    rows = _run(tmp_path, ["scenario=theft", "debug=tiny", "scenario.method=knockoff", "scenario.budgets=[40,120]",
+                           "scenario.knockoff.round_size=40", "scenario.knockoff.online_steps=5",
+                           "scenario.copy.steps=100", "scenario.theft_plus=false", "scenario.pictures=false"])
+    spent = next(r for r in rows if r["evaluator"] == "api")
+    assert spent["value"] == 120 and spent["method"] == "knockoff_adaptive"
+    copies = [r for r in rows if r["evaluator"] == "copy"]
+    assert {r["budget"] for r in copies} == {40, 120} and all(r["queries"] == r["budget"] for r in copies)

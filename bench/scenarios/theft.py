@@ -5,10 +5,12 @@
    regression). It answers only through `bench.api.PredictionAPI` (`api.output`: probabilities, top_k,
    label, rounded; `api.defense`: noise or reverse_sigmoid, bench/api.py). 1 query = 1 input.
 2. The thief's inputs (`query_set`): `in_distribution` (the rest of the training split, never seen by the
-   victim), `other` (the other offline dataset resized to the victim's input: scikit-learn digits for an
-   mnist5k victim and back), `uniform` (uniform random images, as Tramer et al.), or `synthetic`
-   (Papernot et al.'s Jacobian-based augmentation from `seeds` in-distribution images, grown with a copy
-   trained along the way). The largest budget's inputs are asked once; budget B uses the first B answers.
+   victim), `augmented` (those and `augment` randomly shifted and rotated copies of each: mnist5k's 2,000
+   held-out images give a 10,000-image pool), `other` (the other offline dataset resized to the victim's
+   input: scikit-learn digits for an mnist5k victim and back), `uniform` (uniform random images, as Tramer
+   et al.), or `synthetic` (Papernot et al.'s Jacobian-based augmentation from `seeds` in-distribution
+   images, grown with a copy trained along the way). The largest budget's inputs are asked once; budget B
+   uses the first B answers. The API's budget is the largest budget: 1 query = 1 input, counted by the API.
 3. Extraction (`method`):
    - `equations` (Tramer, Zhang, Juels, Reiter & Ristenpart 2016, "Stealing Machine Learning Models via
      Prediction APIs"): softmax regression from probabilities by solving log p_i(x) - log p_0(x) =
@@ -17,11 +19,16 @@
    - `functional` (Jagielski et al. 2020; Carlini, Jagielski & Mironov 2020; bench/extraction.py): the
      weights of a one-hidden-layer ReLU victim (`model=mlp model.hidden=[h]`) up to the units' order and
      scale, from critical points found along random lines, with as many queries as it needs (recorded);
-     rows add the largest weight error against the victim's hyperplanes and the units missed;
-   - `copycat` (Correia-Silva et al. 2018; Knockoff Nets' random selection, Orekondy et al. 2019; for an
-     MLP victim on uniform queries with probabilities, Tramer et al.'s MLP extraction): a fresh copy
-     (`copy.arch`) trained on the answers, soft labels when the API gives scores, with the same number of
-     optimizer steps (`copy.steps`) at every budget, so the curve measures the queries, not the recipe.
+     rows add the largest weight error against the victim's hyperplanes and the units found and missed;
+   - `copycat` (Correia-Silva et al. 2018; for an MLP victim on uniform queries with probabilities, Tramer et
+     al.'s MLP extraction): a uniform random sample of the pool, a fresh copy (`copy.arch`) trained on the
+     answers, soft labels when the API gives scores, with the same number of optimizer steps (`copy.steps`)
+     at every budget, so the curve measures the queries, not the recipe;
+   - `knockoff` (Orekondy, Schiele & Fritz 2019, bench/knockoff.py): `knockoff.policy=random` (the same
+     uniform sample as copycat) or `adaptive` (a gradient bandit over the pool's actions, its classes or
+     k-means clusters, rewarded by certainty, diversity and the online copy's loss, in rounds of
+     `round_size` queries; synthetic: the seeds are asked first, in the budget, and the bandit chooses among
+     candidates grown from them without queries); the copies per budget trained as copycat's.
 4. Per budget: the copy's test accuracy, its agreement with the victim on the test split (R_test, the
    fidelity) and on uniform random inputs (R_unif), and the mean total variation distance between their
    output distributions on the test split (Tramer et al.'s three metrics; the victim's own undefended
@@ -119,14 +126,30 @@ class Theft:
     def write_tables(frame: pd.DataFrame, out) -> list:
         out = Path(out)
         table = theft_table(frame)
+        combined = combined_table(frame)
         text = ["# Model theft through prediction APIs", "",
-                "Per budget: the copy's test accuracy, its agreement with the victim on the test split (R_test, "
-                "fidelity) and on uniform random inputs (R_unif), the mean total variation distance to the victim's "
-                "outputs, and with theft++ the victim's error rate on attacks crafted on the copy (over the "
-                "examples it classifies correctly clean; `white-box %`: the same attack crafted on the victim). "
-                "Written by bench/scenarios/theft.py from its records.", "", table.to_markdown(index=False), ""]
-        return [records.atomic_write_bytes(out / "theft.md", "\n".join(text).encode()),
-                records.atomic_write_bytes(out / "theft.csv", table.to_csv(index=False).encode())]
+                "Written by bench/scenarios/theft.py from the records of the runs below"
+                + (f"; this file: `{_report_command()}`." if _report_command() else "."), "",
+                "## Runs", "", _runs_table(frame).to_markdown(index=False), "",
+                "## All methods", "",
+                "One row per victim, API output and defense, extraction method and query pool, at 1,000 queries and "
+                "at the run's largest budget (`queries`: inputs sent to the API, 1 query = 1 input; functional: what "
+                "the extraction used). accuracy: the copy's test accuracy; R_test (fidelity) and R_unif: its "
+                "agreement with the victim's top-1 on the test split and on uniform random inputs; TV: mean total "
+                "variation distance to the victim's probabilities on the test split. theft++: the victim's error rate "
+                "on the suite's attacks crafted on the copy (over the test examples it classifies correctly clean); "
+                "white-box: the same attack crafted on the victim; Papernot: crafted on the black-box substitute "
+                "of Papernot et al. 2017 (method copycat on `synthetic` queries, Jacobian augmentation from seeds, "
+                "label-only API) stolen from the same victim, at its largest budget. Copies at every budget are "
+                "trained from scratch with the same number of optimizer steps.", "",
+                combined.to_markdown(index=False, missingval="") if not combined.empty else "(no copies)", "",
+                "## Every budget", "",
+                "The query-budget curves (theft_budget.png: accuracy and fidelity against queries, one line per "
+                "method, pool and API setting).", "", table.to_markdown(index=False), ""]
+        written = [records.atomic_write_bytes(out / "theft.md", "\n".join(text).encode()),
+                   records.atomic_write_bytes(out / "theft.csv", table.to_csv(index=False).encode())]
+        plot = budget_plot(frame, out / "theft_budget.png")
+        return written + ([plot] if plot is not None else [])
 
     def _check(self, exp: Experiment) -> None:
         for what, value, allowed in (("victim", self.victim, VICTIMS), ("method", self.method, METHODS),
@@ -510,3 +533,137 @@ def theft_table(frame: pd.DataFrame) -> pd.DataFrame:
     wide = wide.merge((100 * victim).round(2).reset_index(), on=victim_keys, how="left")
     wide.insert(2, "victim %", wide.pop("victim %"))
     return wide.rename(columns={"defense": "victim"})
+
+
+_METHOD_NAMES = {"equations": "equations", "copycat": "copycat", "knockoff_random": "knockoff random",
+                 "knockoff_adaptive": "knockoff adaptive", "functional": "functional"}
+
+
+def _method_name(method: str, query_set: str, api_output: str) -> str:
+    if method == "copycat" and query_set == "synthetic" and api_output == "label":
+        return "papernot (jacobian)"
+    return _METHOD_NAMES.get(method, method)
+
+
+def _api_name(output: str, defense: str) -> str:
+    return output if defense in ("none", None) else f"{output} + {defense}"
+
+
+def combined_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """The one table over all methods: each (victim, API, method, pool) at 1,000 queries and at its largest
+    budget; theft++ next to the white-box attack and Papernot's black-box substitute on the same victim."""
+    wide = theft_table(frame)
+    if wide.empty:
+        return wide
+    group = ["dataset", "victim", "api_output", "api_defense", "method", "query_set"]
+    largest = wide.groupby(group)["budget"].transform("max")
+    wide = wide[(wide.budget == largest) | (wide.budget == 1000)].copy()
+    papernot = wide[(wide.method == "copycat") & (wide.query_set == "synthetic") & (wide.api_output == "label")
+                    & (wide.api_defense == "none")]
+    papernot = papernot[papernot.budget == papernot.groupby(["dataset", "victim"])["budget"].transform("max")]
+    out = pd.DataFrame({
+        "dataset": wide.dataset, "victim": wide.victim, "victim %": wide["victim %"],
+        "API": [_api_name(o, d) for o, d in zip(wide.api_output, wide.api_defense)],
+        "method": [_method_name(m, q, o) for m, q, o in zip(wide.method, wide.query_set, wide.api_output)],
+        "pool": wide.query_set, "queries": wide.budget})
+    for column in ("accuracy %", "R_test %", "R_unif %", "TV", "units_found", "units_victim", "max_weight_error",
+                   "max_param_error"):
+        if column in wide:
+            out[column] = wide[column]
+    # the attacks as columns, at the largest epsilon each victim was attacked at (one eps column)
+    plus = [c for c in wide.columns if c.startswith("theft++ ")]
+    parsed = [(c, *c[len("theft++ "):-2].rsplit(" ", 1)) for c in plus]  # (column, attack, eps)
+    eps = pd.Series(np.nan, index=wide.index)
+    for column, _, e in parsed:
+        eps = eps.where(~(wide[column].notna() & ~(eps >= float(e))), float(e))
+    if plus:
+        out["eps"] = eps
+    for attack in dict.fromkeys(a for _, a, _ in parsed):
+        for prefix, source in (("theft++", wide), ("white-box", wide), ("Papernot", None)):
+            values = pd.Series(np.nan, index=wide.index)
+            for column, a, e in parsed:
+                if a != attack:
+                    continue
+                label = f"{prefix} {a} {e} %"
+                if source is not None:
+                    cell = source.get(label)
+                elif not papernot.empty:
+                    ref = papernot.set_index(["dataset", "victim"])[column]
+                    cell = pd.Series([ref.get((d, v)) for d, v in zip(wide.dataset, wide.victim)], index=wide.index,
+                                     dtype=float)
+                else:
+                    cell = None
+                if cell is not None:
+                    values = values.where(eps != float(e), cell)
+            if values.notna().any():
+                out[f"{prefix} {attack} %"] = values
+    order = {"equations": 0, "functional": 1, "copycat": 2, "papernot (jacobian)": 3, "knockoff random": 4,
+             "knockoff adaptive": 5}
+    out = out.assign(_m=out.method.map(order).fillna(9)).sort_values(
+        ["dataset", "victim", "_m", "pool", "API", "queries"]).drop(columns="_m")
+    for column in ("units_found", "units_victim"):
+        if column in out:
+            out[column] = out[column].map(lambda v: "" if v != v else f"{int(v)}")
+    out = out.dropna(axis=1, how="all").reset_index(drop=True)
+    return out.astype(object).where(out.notna(), None)  # blank cells, not "nan"
+
+
+def _runs_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each run's command (recorded by the run itself), method, pool, API and queries spent."""
+    runs = frame[frame.evaluator == "api"]
+    if "command" not in runs:
+        return pd.DataFrame({"run_id": runs.run_id})
+    cells = []
+    for _, r in runs.iterrows():
+        seconds = frame[(frame.run_id == r.run_id) & (frame.evaluator.isin(["train", "copy"]))]["seconds"].sum()
+        cells.append({"dataset": r.dataset, "method": _method_name(r.get("method"), r.get("query_set"), r.get("api_output")),
+                      "pool": r.get("query_set"), "API": _api_name(r.get("api_output"), r.get("api_defense")),
+                      "queries": int(r.value), "train + extract s": round(float(seconds)),
+                      "command": f"`{r.command}`" if isinstance(r.command, str) else ""})
+    return pd.DataFrame(cells).sort_values(["dataset", "method", "pool", "API"]).reset_index(drop=True)
+
+
+def _report_command() -> str:
+    """`python -m bench.report ...` when this table is written by bench.report's command line."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name == "bench.report":
+        return " ".join(["python -m bench.report", *sys.argv[1:]])
+    return ""
+
+
+def budget_plot(frame: pd.DataFrame, path: Path):
+    """Accuracy and fidelity (R_test) against queries, log x, one line per method, pool and API setting;
+    one row of two panels per dataset. None when no run has two budgets."""
+    from bench.plots import _log_ticks, _pyplot, _save
+
+    copy = frame[(frame.evaluator == "copy") & frame.metric.isin(["accuracy", "agreement_test"])]
+    if copy.empty:
+        return None
+    keys = ["method", "query_set", "api_output", "api_defense"]
+    datasets_ = [d for d, cells in copy.groupby("dataset") if cells.groupby(keys)["budget"].nunique().max() > 1]
+    if not datasets_:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(datasets_), 2, figsize=(11, 4.2 * len(datasets_)), squeeze=False)
+    for row, name in zip(axes, datasets_):
+        cells = copy[copy.dataset == name]
+        for (method, pool, output, defense), lines in cells.groupby(keys):
+            if lines["budget"].nunique() < 2:
+                continue
+            label = f"{_method_name(method, pool, output)}, {pool}, {_api_name(output, defense)}"
+            style = "--" if defense not in ("none", None) else ("-" if output == "probabilities" else "-.")
+            marker = {"copycat": "o", "knockoff_random": "x", "knockoff_adaptive": "s"}.get(method, "^")
+            for ax, metric in zip(row, ("accuracy", "agreement_test")):
+                points = lines[lines.metric == metric].groupby("budget")["value"].mean()
+                ax.plot(points.index, 100 * points.to_numpy(), style, marker=marker, markersize=4, label=label,
+                        alpha=0.85)
+        for ax, what in zip(row, ("copy's test accuracy %", "fidelity R_test %")):
+            _log_ticks(ax, cells["budget"])
+            ax.set_xlabel("queries (1 query = 1 input)")
+            ax.set_ylabel(what)
+            ax.set_title(f"{name}: {what}", fontsize=9)
+            ax.grid(alpha=0.3)
+        row[1].legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    return _save(fig, path)
