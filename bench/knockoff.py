@@ -114,7 +114,7 @@ def random_selection(pool_size: int, budget: int, query: Callable, x_pool: np.nd
 
 
 def adaptive_selection(x_pool: np.ndarray, actions: np.ndarray, budget: int, query: Callable, *, num_classes: int,
-                       logits_fn, params, rng: np.random.Generator, key, round_size: int = 100,
+                       logits_fn, params, rng: np.random.Generator, round_size: int = 100,
                        learning_rate: float = 0.5, rewards: Sequence[str] = REWARDS, window: int = 100,
                        online_steps: int = 50, batch_size: int = 64, copy_learning_rate: float = 1e-3,
                        bought: tuple[np.ndarray, np.ndarray] | None = None) -> Selection:

@@ -139,7 +139,6 @@ def _toy_pool():
 
 
 def test_adaptive_policy_shifts_its_selection_toward_the_informative_action():
-    import jax
     import jax.numpy as jnp
 
     from bench import knockoff
@@ -154,7 +153,7 @@ def test_adaptive_policy_shifts_its_selection_toward_the_informative_action():
     oracle = api.PredictionAPI(victim, mode="probabilities", budget=300)
     chosen = knockoff.adaptive_selection(
         x, actions, 300, oracle.query, num_classes=3, logits_fn=lambda p, x: x @ p["w"] + p["b"],
-        params={"w": jnp.zeros((6, 3)), "b": jnp.zeros(3)}, rng=np.random.default_rng(1), key=jax.random.PRNGKey(0),
+        params={"w": jnp.zeros((6, 3)), "b": jnp.zeros(3)}, rng=np.random.default_rng(1),
         round_size=25, online_steps=20, batch_size=32, copy_learning_rate=0.05)
     assert chosen.history[0]["policy"] == [1 / 3] * 3
     assert chosen.history[-1]["policy"][0] > 0.6
@@ -163,7 +162,6 @@ def test_adaptive_policy_shifts_its_selection_toward_the_informative_action():
 
 
 def test_knockoff_spends_exactly_its_budget_and_the_api_enforces_it(tmp_path):
-    import jax
     import jax.numpy as jnp
 
     from bench import knockoff
@@ -174,7 +172,7 @@ def test_knockoff_spends_exactly_its_budget_and_the_api_enforces_it(tmp_path):
         knockoff.adaptive_selection(x, actions, 120, oracle.query, num_classes=3,
                                     logits_fn=lambda p, x: x @ p["w"] + p["b"],
                                     params={"w": jnp.zeros((6, 3)), "b": jnp.zeros(3)}, rng=np.random.default_rng(1),
-                                    key=jax.random.PRNGKey(0), round_size=40, online_steps=2)
+                                    round_size=40, online_steps=2)
         raise AssertionError("the API answered past its budget")
     except api.QueryBudgetExceeded:
         assert oracle.queries == 80  # two rounds of 40 answered, the third refused whole

@@ -398,7 +398,7 @@ class Theft:
             copy = fresh_copy()
             chosen = knockoff.adaptive_selection(
                 x_pool, groups, top, ask, num_classes=data.num_classes, logits_fn=copy.logits_fn, params=copy.params,
-                rng=rng, key=jax.random.fold_in(exp.key("copy"), 20_000), round_size=spec.round_size,
+                rng=rng, round_size=spec.round_size,
                 learning_rate=spec.bandit_lr, rewards=list(spec.rewards), window=spec.window,
                 online_steps=spec.online_steps, batch_size=self.copy.batch_size,
                 copy_learning_rate=self.copy.learning_rate, bought=bought)
