@@ -269,9 +269,7 @@ def test_feature_collision_poisons_keep_labels_and_budget_and_collide_with_the_t
 
 
 def _flat_cosine(a, b):
-    from jax.flatten_util import ravel_pytree
-
-    u, v = np.asarray(ravel_pytree(a)[0]), np.asarray(ravel_pytree(b)[0])
+    u, v = (np.concatenate([np.asarray(leaf, np.float64).ravel() for leaf in jax.tree.leaves(t)]) for t in (a, b))
     return float(u @ v / (np.linalg.norm(u) * np.linalg.norm(v)))
 
 
@@ -281,7 +279,9 @@ def test_gradient_matching_poisons_keep_labels_and_budget_and_raise_the_alignmen
     from bench.poisoning import FROM_SCRATCH
     from bench.poisoning.gradient_matching import _ce, adversarial_gradient, alignment
 
-    module, logits_fn, params = _train(data, data.x_train, data.y_train, epochs=1)
+    module = models.mlp(data.num_classes, data.mean, data.std, hidden=(64,))  # an untrained surrogate will do here
+    logits_fn = models.make_logits_fn(module)
+    params = models.init_params(module, jax.random.key(0), data.image_shape)
     target = int(np.flatnonzero(data.y_test == 1)[0])
     eps = 0.1
     attack = FROM_SCRATCH["gradient_matching"](ratio=0.01, eps=eps, steps=30, restarts=2)
@@ -294,9 +294,9 @@ def test_gradient_matching_poisons_keep_labels_and_budget_and_raise_the_alignmen
     assert p.x.dtype == np.float32
     # the objective is the cosine of the whole parameter gradient (dot products and norms summed over layers)
     bases = p.info["bases"]
-    g_adv = adversarial_gradient(logits_fn, params, data.x_test[target], 0)
+    g_adv = adversarial_gradient(logits_fn, params, jnp.asarray(data.x_test[target]), 0)
     y_b = jnp.asarray(data.y_train[bases], jnp.int32)
-    g_p = jax.grad(lambda q: _ce(logits_fn, q, jnp.asarray(p.x[bases]), y_b))(params)
+    g_p = jax.jit(jax.grad(lambda q, x: _ce(logits_fn, q, x, y_b)))(params, jnp.asarray(p.x[bases]))
     assert float(alignment(logits_fn, params, jnp.asarray(p.x[bases]), y_b, g_adv)) == pytest.approx(
         _flat_cosine(g_p, g_adv), abs=1e-4)
     # crafting raises it: the trace climbs, and the kept poisons align better than the clean bases did
@@ -319,37 +319,58 @@ def _scenario_run(tmp_path, overrides):
     return scenario, scenario.run(exp).rows
 
 
-def test_gradient_matching_against_dp_sgd_in_the_scenario_records_targets_budget_and_the_accountants_epsilon(
-        tmp_path):
-    """One tiny run: gradient matching (surrogate trained normally) against victims trained with DP-SGD."""
+def test_gradient_matching_in_the_scenario_names_its_target_and_keeps_the_budget(tmp_path):
+    _, rows = _scenario_run(tmp_path, ["scenario.attack=gradient_matching", "scenario.ratio=0.02", "scenario.targets=1",
+                                       "+scenario.args.steps=10", "+scenario.args.eps=0.05"])
+    get = lambda ev, m: next(r for r in rows if r["evaluator"] == ev and r["metric"] == m)
+    assert {r["evaluator"] for r in rows} == {"surrogate", "clean_training", "poisoned"}
+    success = get("poisoned", "targeted_success")
+    assert success["n"] == 1 and success["targets"].isdigit() and success["poison_eps"] == 0.05
+    n = 1437  # digits' training split
+    assert success["poison_ratio"] == pytest.approx(round(0.02 * n) / n)
+    assert get("clean_training", "targeted_success")["poison_ratio"] == 0.0
+    assert get("poisoned", "alignment")["value"] > get("poisoned", "alignment_before")["value"]
+    assert all(r["dp_epsilon"] == float("inf") for r in rows)  # no DP: epsilon inf in every row
+
+
+def test_dp_sgd_as_a_defense_records_the_accountants_epsilon(tmp_path):
     import dp_accounting
 
     from bench.privacy import accounting
 
     scenario, rows = _scenario_run(tmp_path, [
-        "scenario.attack=gradient_matching", "scenario.ratio=0.02", "scenario.targets=2", "+scenario.args.steps=10",
-        "+scenario.args.eps=0.05", "scenario.dp.enabled=true", "scenario.dp.noise_multiplier=1.1",
-        "scenario.dp.batch_size=128", "scenario.dp.epochs=1", "scenario.dp.pad_multiple=64"])
-    get = lambda ev, m: next(r for r in rows if r["evaluator"] == ev and r["metric"] == m)
+        "scenario.clean_reference=false", "scenario.dp.enabled=true", "scenario.dp.noise_multiplier=1.1",
+        "scenario.dp.batch_size=128", "scenario.dp.epochs=1", "scenario.dp.pad_multiple=64",
+        "scenario.dp.microbatch_size=null"])
     assert scenario.defense_label("standard") == "standard+dp_sgd"
-    assert {r["evaluator"] for r in rows} == {"surrogate", "clean_training", "poisoned"}
-    success = get("poisoned", "targeted_success")
-    assert success["n"] == 2 and len(success["targets"].split(",")) == 2 and success["poison_eps"] == 0.05
+    row = next(r for r in rows if r["evaluator"] == "poisoned" and r["metric"] == "attack_success_rate")
+    eps, q, sigma, steps, delta = (row[k] for k in ("dp_epsilon", "dp_sampling_rate", "dp_noise_multiplier",
+                                                    "dp_steps", "dp_delta"))
+    assert all(r.get("dp_epsilon") == eps for r in rows) and np.isfinite(eps) and eps > 0 and sigma == 1.1
     n = 1437  # digits' training split
-    assert success["poison_ratio"] == pytest.approx(round(0.02 * n) / n)
-    assert get("clean_training", "targeted_success")["poison_ratio"] == 0.0
-    assert get("poisoned", "alignment")["value"] > get("poisoned", "alignment_before")["value"]
-    # the victims' epsilon: the privacy scenario's accountant call and a direct dp-accounting composition agree
-    eps, q, sigma, steps, delta = (success[k] for k in ("dp_epsilon", "dp_sampling_rate", "dp_noise_multiplier",
-                                                        "dp_steps", "dp_delta"))
-    assert np.isfinite(eps) and eps > 0 and sigma == 1.1 and get("poisoned", "epsilon")["value"] == eps
-    assert get("clean_training", "clean_accuracy")["dp_epsilon"] == eps
-    assert get("surrogate", "clean_accuracy")["dp_epsilon"] == float("inf")  # the attacker's model is not private
     assert q == pytest.approx(128 / n) and steps == int(np.ceil(1 / q)) and delta == accounting.default_delta(n)
-    assert eps == accounting.epsilon(accounting.dpsgd_event(q, sigma, steps), delta, "pld")  # the privacy scenario's
+    # the privacy scenario's accountant call and a direct dp-accounting composition give the recorded epsilon
+    assert eps == accounting.epsilon(accounting.dpsgd_event(q, sigma, steps), delta, "pld")
     event = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma))
     assert eps == pytest.approx(dp_accounting.pld.PLDAccountant().compose(event, int(steps)).get_epsilon(delta),
                                 abs=1e-9)
+    assert next(r for r in rows if r["metric"] == "epsilon")["value"] == eps
+    assert row["dp_epsilon_rdp"] >= eps  # RDP is never tighter than PLD
+
+
+def test_the_augmentation_translates_each_image_by_its_own_offset_with_zero_fill():
+    from bench.poisoning.augment import shifted, translate
+
+    x = np.arange(2 * 4 * 5, dtype=np.float32).reshape(2, 4, 5, 1) + 1
+    out = np.asarray(translate(x, np.array([[1, -2], [0, 0]]), 2))
+    expected = np.zeros_like(x[0])
+    expected[1:, :3] = x[0, :3, 2:]  # down 1, left 2; what moved out is gone, what came in is 0
+    np.testing.assert_array_equal(out[0], expected)
+    np.testing.assert_array_equal(out[1], x[1])
+    objective = lambda params, batch, key, step: (0.0, {})
+    assert shifted(objective, 0) is objective
+    with pytest.raises(BenchError, match="scenario.augment.shift"):
+        shifted(objective, -1)
 
 
 def test_bad_gradient_matching_and_dp_settings_are_one_line_errors():

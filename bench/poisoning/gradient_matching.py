@@ -43,14 +43,15 @@ def _dot(a, b):
     return sum(jnp.vdot(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-def adversarial_gradient(logits_fn, params, x_target, adv):
+@partial(jax.jit, static_argnames=("logits_fn", "adv"))
+def adversarial_gradient(logits_fn, params, x_target, adv: int):
     """g_adv: the parameter gradient of the cross-entropy of the target image(s) towards the label `adv`."""
-    x_target = jnp.asarray(x_target)
     x_target = x_target[None] if x_target.ndim == 3 else x_target
-    y = jnp.full((x_target.shape[0],), int(adv), jnp.int32)
+    y = jnp.full((x_target.shape[0],), adv, jnp.int32)
     return jax.grad(lambda p: _ce(logits_fn, p, x_target, y))(params)
 
 
+@partial(jax.jit, static_argnames=("logits_fn",))
 def alignment(logits_fn, params, x, y, target_grad):
     """cos(g_p, g_adv): the cosine between the poisons' mean training gradient and the adversarial gradient."""
     g = jax.grad(lambda p: _ce(logits_fn, p, x, y))(params)
@@ -112,12 +113,12 @@ def gradient_matching(ratio: float = 0.01, eps: float = 16 / 255, steps: int = 2
                              "training images (and at least one is needed); change scenario.ratio")
         idx = np.sort(rng.choice(candidates, size=count, replace=False)).astype(np.int64)
         x_base, y_base = jnp.asarray(x_train[idx]), jnp.asarray(y_train[idx], jnp.int32)
-        target_grad = adversarial_gradient(logits_fn, params, x_target, adv)
+        target_grad = adversarial_gradient(logits_fn, params, jnp.asarray(x_target), int(adv))
         best = None
         for _ in range(int(restarts)):
             delta0 = jnp.asarray(rng.uniform(-eps, eps, size=x_base.shape).astype(np.float32))
             delta, trace = craft(logits_fn, params, x_base, y_base, target_grad, delta0, eps, step_size, int(steps))
-            final = float(jax.jit(alignment, static_argnums=0)(logits_fn, params, x_base + delta, y_base, target_grad))
+            final = float(alignment(logits_fn, params, x_base + delta, y_base, target_grad))
             if best is None or final > best[0]:
                 best = (final, delta, np.asarray(trace))
         final, delta, trace = best
@@ -127,7 +128,7 @@ def gradient_matching(ratio: float = 0.01, eps: float = 16 / 255, steps: int = 2
         x = np.array(x_train, copy=True)
         x[idx] = poisons
         changed = idx[(x[idx] != x_train[idx]).reshape(len(idx), -1).any(axis=1)]
-        before = float(jax.jit(alignment, static_argnums=0)(logits_fn, params, x_base, y_base, target_grad))
+        before = float(alignment(logits_fn, params, x_base, y_base, target_grad))
         return PoisonedSet(x, np.array(y_train, copy=True), changed, f"gradient_matching({count})", target=int(adv),
                            info={"eps": eps, "bases": idx, "alignment_before": before, "alignment": final,
                                  "trace": trace})

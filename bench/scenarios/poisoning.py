@@ -61,6 +61,13 @@ class PoisonDP(DP):
     enabled: bool = False
 
 
+@dataclass
+class Augment:
+    """bench/poisoning/augment.py: random translations of up to `shift` pixels while training (0: none)."""
+
+    shift: int = 0
+
+
 def _command() -> str:
     """The command line of this run, without its seed (the table lists the seeds), from Hydra's overrides."""
     try:
@@ -109,6 +116,7 @@ class Poisoning:
     classes: List[int] = field(default_factory=lambda: [3, 8])  # targeted attacks: the binary pair (a -> 0, b -> 1)
     targets: int = MISSING  # targeted attacks: target test images per seed
     dp: PoisonDP = field(default_factory=PoisonDP)  # DP-SGD as a defense (off unless dp.enabled)
+    augment: Augment = field(default_factory=Augment)  # the training recipe's random translations
     streams: ClassVar[tuple[str, ...]] = ("init", "train", "poison", "filter", "targets", "noise", "victim")
 
     def defense_label(self, defense: str) -> str:
@@ -130,8 +138,14 @@ class Poisoning:
         """`fit(x, y, name, params=None, key=None) -> (params, seconds, dp_facts)`: one training with the run's
         `train:` settings, or with DP-SGD when `dp.enabled` (then `dp_facts` holds epsilon under the PLD and RDP
         accountants for the steps actually taken, delta, sigma, q, steps; else epsilon inf)."""
+        from bench.poisoning.augment import shifted
+
         t = exp.train
         plans, spent = {}, {}  # one calibration per training-set size, one accounting per event
+        shift = int(self.augment.shift)
+        objective = shifted(objective, shift)
+        # ghost clipping computes the plain loss of the unshifted batch: with a shift, the per-example path
+        defense = exp.labels.get("defense") if shift == 0 else f"{exp.labels.get('defense')}+augment"
 
         def fit(x, y, name, params=None, key=None):
             started = time.perf_counter()
@@ -154,7 +168,7 @@ class Poisoning:
                                                                         zlib.crc32(name.encode()) % 2 ** 31))
                 # the privacy scenario's choice of clipping path (ghost norms for a ConvNet with the standard
                 # objective, else jax-privacy's per-example clipping): it reads only self.dp
-                grad_fn = Privacy._clipping(self, model, exp.labels.get("defense"), plan.clip_norm)
+                grad_fn = Privacy._clipping(self, model, defense, plan.clip_norm)
                 sampler = dp_sgd.PoissonSampler(len(y), plan.q, plan.steps, plan.steps_per_epoch, d.pad_multiple)
                 epochs, batch_size = plan.epochs, max(1, round(plan.expected_batch_size))
             else:
