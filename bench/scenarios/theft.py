@@ -566,10 +566,23 @@ def combined_table(frame: pd.DataFrame) -> pd.DataFrame:
         "API": [_api_name(o, d) for o, d in zip(wide.api_output, wide.api_defense)],
         "method": [_method_name(m, q, o) for m, q, o in zip(wide.method, wide.query_set, wide.api_output)],
         "pool": wide.query_set, "queries": wide.budget})
+    copy = frame[(frame.evaluator == "copy") & frame.metric.isin(["accuracy", "agreement_test"])]
+    keys = ["dataset", "defense", "api_output", "api_defense", "method", "query_set", "budget"]
+    spread = copy.groupby(keys + ["metric"])["value"].std().unstack("metric").reset_index()  # NaN for one seed
+    seeds = copy.groupby(keys)["seed"].nunique().rename("seeds").reset_index()
+    spread = spread.merge(seeds, on=keys).rename(columns={"defense": "victim"})
+    spread["budget"] = spread["budget"].astype(int)
+    lookup = wide[["dataset", "victim", "api_output", "api_defense", "method", "query_set", "budget"]].merge(
+        spread, how="left", on=["dataset", "victim", "api_output", "api_defense", "method", "query_set", "budget"])
+    lookup.index = wide.index
+    out["seeds"] = lookup["seeds"]
     for column in ("accuracy %", "R_test %", "R_unif %", "TV", "units_found", "units_victim", "max_weight_error",
                    "max_param_error"):
         if column in wide:
             out[column] = wide[column]
+        sd = {"accuracy %": "accuracy", "R_test %": "agreement_test"}.get(column)
+        if sd and sd in lookup and lookup[sd].notna().any():
+            out[column.replace(" %", " sd")] = (100 * lookup[sd]).round(2)
     # the attacks as columns, at the largest epsilon each victim was attacked at (one eps column)
     plus = [c for c in wide.columns if c.startswith("theft++ ")]
     parsed = [(c, *c[len("theft++ "):-2].rsplit(" ", 1)) for c in plus]  # (column, attack, eps)
