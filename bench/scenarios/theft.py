@@ -501,14 +501,30 @@ def _solve_softmax_regression(x, probs, num_classes, victim_params):
     return learners.linear_logits, params, {"max_param_error": float(error)}
 
 
+def _variants(frame: pd.DataFrame) -> pd.DataFrame:
+    """Knockoff's adaptive runs named with their bandit step size (from each run's recorded config), so runs
+    with different settings are never averaged together."""
+    if "method" not in frame or "config" not in frame or not (frame.method == "knockoff_adaptive").any():
+        return frame
+    import json
+
+    lr = {c: json.loads(c).get("scenario", {}).get("knockoff", {}).get("bandit_lr")
+          for c in frame.loc[frame.method == "knockoff_adaptive", "config"].unique()}
+    frame = frame.copy()
+    adaptive = frame.method == "knockoff_adaptive"
+    frame.loc[adaptive, "method"] = [f"knockoff_adaptive lr={lr[c]:g}" for c in frame.loc[adaptive, "config"]]
+    return frame
+
+
 def theft_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Rows: victim, API output and defense, method, query set, budget; columns: accuracy, R_test, R_unif, TV,
-    theft++ success next to the white-box attack's (in %; seeds averaged)."""
+    theft++ success next to the white-box attack's (in %). Seeds averaged: the victim's accuracy and the
+    white-box attack over the same runs as the copy's numbers in that row."""
+    frame = _variants(frame)
     copy = frame[frame.evaluator == "copy"]
     if copy.empty:
         return pd.DataFrame()
     keys = ["dataset", "defense", "api_output", "api_defense", "method", "query_set", "budget"]
-    victim_keys = ["dataset", "defense"]  # one victim per dataset x victim label (seeds averaged)
     wide = copy.pivot_table(index=keys, columns="metric", values="value", aggfunc="mean").reset_index()
     wide["budget"] = wide["budget"].astype(int)
     for column in ("max_param_error", "max_weight_error"):  # equations / functional: against the victim's
@@ -519,18 +535,25 @@ def theft_table(frame: pd.DataFrame) -> pd.DataFrame:
     for metric, label in names.items():
         if metric in wide:
             wide[label] = (wide.pop(metric) * (1 if metric == "total_variation" else 100)).round(4 if label == "TV" else 2)
+    runs = copy[keys + ["run_id"]].drop_duplicates()  # which runs each row averages
+    runs = runs.assign(budget=runs.budget.astype(int))
+
+    def per_row(cells, label):  # a per-run number (victim, white-box) averaged over each row's runs
+        joined = runs.merge(cells[["run_id", "value"]], on="run_id")
+        return (100 * joined.groupby(keys)["value"].mean()).round(2).rename(label).reset_index()
+
     plus = frame[frame.evaluator == "theft_plus"]
     if not plus.empty:
         attacks = plus.groupby(keys + ["attack", "eps"])["value"].mean().reset_index()
-        white = frame[frame.evaluator == "white_box"].groupby(victim_keys + ["attack", "eps"])["value"].mean()
+        attacks["budget"] = attacks["budget"].astype(int)
+        white = frame[frame.evaluator == "white_box"]
         for (attack, eps), cells in attacks.groupby(["attack", "eps"]):
             label = f"theft++ {attack} {eps:g} %"
             wide = wide.merge(cells[keys + ["value"]].rename(columns={"value": label}), on=keys, how="left")
             wide[label] = (100 * wide[label]).round(2)
-            reference = white.xs((attack, eps), level=["attack", "eps"]).rename(f"white-box {attack} {eps:g} %")
-            wide = wide.merge((100 * reference).round(2).reset_index(), on=victim_keys, how="left")
-    victim = frame[frame.evaluator == "victim"].groupby(victim_keys)["value"].mean().rename("victim %")
-    wide = wide.merge((100 * victim).round(2).reset_index(), on=victim_keys, how="left")
+            reference = white[(white.attack == attack) & (white.eps == eps)]
+            wide = wide.merge(per_row(reference, f"white-box {attack} {eps:g} %"), on=keys, how="left")
+    wide = wide.merge(per_row(frame[frame.evaluator == "victim"], "victim %"), on=keys, how="left")
     wide.insert(2, "victim %", wide.pop("victim %"))
     return wide.rename(columns={"defense": "victim"})
 
@@ -542,6 +565,8 @@ _METHOD_NAMES = {"equations": "equations", "copycat": "copycat", "knockoff_rando
 def _method_name(method: str, query_set: str, api_output: str) -> str:
     if method == "copycat" and query_set == "synthetic" and api_output == "label":
         return "papernot (jacobian)"
+    if isinstance(method, str) and method.startswith("knockoff_adaptive "):
+        return f"knockoff adaptive ({method.split(' ', 1)[1]})"
     return _METHOD_NAMES.get(method, method)
 
 
@@ -566,6 +591,7 @@ def combined_table(frame: pd.DataFrame) -> pd.DataFrame:
         "API": [_api_name(o, d) for o, d in zip(wide.api_output, wide.api_defense)],
         "method": [_method_name(m, q, o) for m, q, o in zip(wide.method, wide.query_set, wide.api_output)],
         "pool": wide.query_set, "queries": wide.budget})
+    frame = _variants(frame)
     copy = frame[(frame.evaluator == "copy") & frame.metric.isin(["accuracy", "agreement_test"])]
     keys = ["dataset", "defense", "api_output", "api_defense", "method", "query_set", "budget"]
     spread = copy.groupby(keys + ["metric"])["value"].std().unstack("metric").reset_index()  # NaN for one seed
@@ -612,7 +638,7 @@ def combined_table(frame: pd.DataFrame) -> pd.DataFrame:
                 out[f"{prefix} {attack} %"] = values
     order = {"equations": 0, "functional": 1, "copycat": 2, "papernot (jacobian)": 3, "knockoff random": 4,
              "knockoff adaptive": 5}
-    out = out.assign(_m=out.method.map(order).fillna(9)).sort_values(
+    out = out.assign(_m=out.method.map(lambda m: order.get(m.split(" (")[0], 9))).sort_values(
         ["dataset", "victim", "_m", "pool", "API", "queries"]).drop(columns="_m")
     for column in ("units_found", "units_victim"):
         if column in out:
@@ -623,7 +649,7 @@ def combined_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _runs_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Each run's command (recorded by the run itself), method, pool, API and queries spent."""
-    runs = frame[frame.evaluator == "api"]
+    runs = _variants(frame)[lambda f: f.evaluator == "api"]
     if "command" not in runs:
         return pd.DataFrame({"run_id": runs.run_id})
     cells = []
@@ -650,7 +676,7 @@ def budget_plot(frame: pd.DataFrame, path: Path):
     one row of two panels per dataset. None when no run has two budgets."""
     from bench.plots import _log_ticks, _pyplot, _save
 
-    copy = frame[(frame.evaluator == "copy") & frame.metric.isin(["accuracy", "agreement_test"])]
+    copy = _variants(frame)[lambda f: (f.evaluator == "copy") & f.metric.isin(["accuracy", "agreement_test"])]
     if copy.empty:
         return None
     keys = ["method", "query_set", "api_output", "api_defense"]
@@ -666,7 +692,7 @@ def budget_plot(frame: pd.DataFrame, path: Path):
                 continue
             label = f"{_method_name(method, pool, output)}, {pool}, {_api_name(output, defense)}"
             style = "--" if defense not in ("none", None) else ("-" if output == "probabilities" else "-.")
-            marker = {"copycat": "o", "knockoff_random": "x", "knockoff_adaptive": "s"}.get(method, "^")
+            marker = {"copycat": "o", "knockoff_random": "x"}.get(method, "s" if "adaptive" in method else "^")
             for ax, metric in zip(row, ("accuracy", "agreement_test")):
                 points = lines[lines.metric == metric].groupby("budget")["value"].mean()
                 ax.plot(points.index, 100 * points.to_numpy(), style, marker=marker, markersize=4, label=label,
