@@ -657,9 +657,9 @@ def _runs_table(frame: pd.DataFrame) -> pd.DataFrame:
         seconds = frame[(frame.run_id == r.run_id) & (frame.evaluator.isin(["train", "copy"]))]["seconds"].sum()
         cells.append({"dataset": r.dataset, "method": _method_name(r.get("method"), r.get("query_set"), r.get("api_output")),
                       "pool": r.get("query_set"), "API": _api_name(r.get("api_output"), r.get("api_defense")),
-                      "queries": int(r.value), "train + extract s": round(float(seconds)),
+                      "seed": int(r.seed), "queries": int(r.value), "train + extract s": round(float(seconds)),
                       "command": f"`{r.command}`" if isinstance(r.command, str) else ""})
-    return pd.DataFrame(cells).sort_values(["dataset", "method", "pool", "API"]).reset_index(drop=True)
+    return pd.DataFrame(cells).sort_values(["dataset", "method", "pool", "API", "seed"]).reset_index(drop=True)
 
 
 def _report_command() -> str:
