@@ -105,6 +105,7 @@ class Theft:
     query_set: str = MISSING
     budgets: List[int] = field(default_factory=list)
     seeds: int = MISSING
+    lines: int = MISSING
     augment: int = MISSING
     knockoff: KnockoffSpec = field(default_factory=KnockoffSpec)
     api: ApiSpec = field(default_factory=ApiSpec)
@@ -250,7 +251,7 @@ class Theft:
         for budget in budgets:
             started = exp.seconds()
             if self.method == "functional":
-                c_logits, c_params, extra = _functional(oracle, model, v_params, data, exp.rng("copy"))
+                c_logits, c_params, extra = _functional(oracle, model, v_params, data, exp.rng("copy"), self.lines)
                 budget = int(extra.pop("queries"))
                 xb = np.zeros((budget,))
             elif self.method == "equations":
@@ -427,7 +428,7 @@ def _as_answers(answer):
     return answer.astype(np.int32) if answer.ndim == 1 else answer.astype(np.float32)
 
 
-def _functional(oracle, model, v_params, data, rng):
+def _functional(oracle, model, v_params, data, rng, lines):
     """Functionally equivalent extraction through the API (bench/extraction.py), scored against the victim's
     first layer written in pixel space (its normalisation folded in)."""
     from bench import extraction
@@ -445,7 +446,7 @@ def _functional(oracle, model, v_params, data, rng):
         return logp[:, 1:] - logp[:, :1]
 
     d = int(np.prod(shape))
-    net = extraction.extract_relu_net(query, d, rng)
+    net = extraction.extract_relu_net(query, d, rng, lines=int(lines))
     kernel, bias = (np.asarray(v_params[layers[0]][k], np.float64) for k in ("kernel", "bias"))
     mean = np.tile(np.asarray(model.module.mean, np.float64), d // len(model.module.mean))
     std = np.tile(np.asarray(model.module.std, np.float64), d // len(model.module.std))
