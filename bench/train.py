@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import enum
 import json
 import sys
@@ -114,6 +115,10 @@ def train(objective: Callable, params, optimizer: optax.GradientTransformation, 
       into x_train, -1 marking padding (`is_padding`); default a fresh permutation
       cut into full batches of `batch_size`. `epoch_rng(e)` is the generator of
       epoch e, a function of (key, e) only, so a resumed run gets the same batches.
+
+    An objective with a `phases` attribute, ((0, objective_0), (s_1, objective_1), ...), is trained with
+    objective_i from step s_i on (one compiled step per phase): certified training uses it to skip bound
+    terms whose weight is 0 in a range of steps; each phase must give the same loss and gradients there.
     """
     if int(epochs) < 0:
         raise BenchError(f"epochs must be >= 0, got {epochs}")
@@ -122,17 +127,32 @@ def train(objective: Callable, params, optimizer: optax.GradientTransformation, 
     n = len(y_train)
     per_epoch = steps_per_epoch(n, batch_size)
 
-    if grad_fn is None:
-        value_and_grad = lambda params, batch, key, step, is_padding: jax.value_and_grad(objective, has_aux=True)(
-            params, batch, key, step)
-    else:
-        value_and_grad = grad_fn(objective)
+    # An objective may name cheaper equivalents for ranges of steps (`phases`: ((first_step, objective), ...),
+    # e.g. CROWN-IBP without its CROWN pass once beta is 0): one jitted step per phase, chosen on the host.
+    phases = tuple(getattr(objective, "phases", None) or ((0, objective),))
+    if phases[0][0] != 0 or any(a >= b for (a, _), (b, _) in zip(phases, phases[1:])):
+        raise BenchError(f"an objective's phases must start at step 0 and increase, got {[p[0] for p in phases]}")
+    starts = [first for first, _ in phases]
 
-    @jax.jit
-    def train_step(params, opt_state, x, y, is_padding, key, step):
-        (loss, aux), grads = value_and_grad(params, (x, y), key, step, is_padding)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss, aux
+    def make_train_step(phase_objective):
+        if grad_fn is None:
+            value_and_grad = lambda params, batch, key, step, is_padding: jax.value_and_grad(
+                phase_objective, has_aux=True)(params, batch, key, step)
+        else:
+            value_and_grad = grad_fn(phase_objective)
+
+        @jax.jit
+        def train_step(params, opt_state, x, y, is_padding, key, step):
+            (loss, aux), grads = value_and_grad(params, (x, y), key, step, is_padding)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, loss, aux
+
+        return train_step
+
+    steps_by_phase = [make_train_step(phase_objective) for _, phase_objective in phases]
+
+    def train_step(*args, step):
+        return steps_by_phase[bisect.bisect_right(starts, step) - 1](*args, jnp.int32(step))
 
     shuffle_key, step_key = jax.random.split(key)
     seed_words = np.asarray(jax.random.key_data(shuffle_key)).ravel().tolist()
@@ -193,7 +213,7 @@ def train(objective: Callable, params, optimizer: optax.GradientTransformation, 
             idx = np.where(is_padding, 0, idx)
             x, y, is_padding = sharding.shard_batch(x_train[idx], y_train[idx], is_padding)
             params, opt_state, loss, aux = train_step(params, opt_state, x, y, is_padding,
-                                                      jax.random.fold_in(step_key, step), jnp.int32(step))
+                                                      jax.random.fold_in(step_key, step), step=step)
             pending.append((step, epoch, b, loss, aux))
             step += 1
             bar.update(1)

@@ -14,6 +14,7 @@ import pytest
 from scipy import optimize, stats
 
 from bench import models
+from bench import train as train_mod
 from bench.threat import Norm
 from bench.certify import CERTIFIERS, SoundnessFailure, evaluate_certified, randomized_smoothing, soundness_check
 from bench.certify.crown import Intermediate, crown_margin_lower, crown_preactivation_bounds
@@ -399,6 +400,55 @@ def test_certified_training_objectives_match_direct_computation():
     assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
     with pytest.raises(BenchError, match="model="):
         ibp_training(logits_fn, eps=0.1)
+
+
+def test_crown_ibp_phases_skip_crown_only_where_its_weight_is_zero():
+    """Warm-up (kappa 1) and the steps after the ramp (beta 0) train without the CROWN pass: the phase's
+    objective gives the same loss and gradients as the full one there; mid-ramp the full one runs."""
+    network, params = _tiny_net(7, (5,))
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.uniform(size=(6, 2)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, 3, 6), jnp.int32)
+    objective = crown_ibp_training(lambda p, v: forward(network, p, v), model=network, eps=0.2, warmup_steps=10,
+                                   ramp_steps=20)
+    assert [first for first, _ in objective.phases] == [0, 11, 30]
+    assert objective.phases[1][1] is objective
+    key = jax.random.key(0)
+    for step, phase in [(0, 0), (10, 0), (30, 2), (45, 2)]:
+        cheap = objective.phases[phase][1]
+        (want, _), want_g = jax.value_and_grad(objective, has_aux=True)(params, (x, y), key, jnp.int32(step))
+        (got, _), got_g = jax.value_and_grad(cheap, has_aux=True)(params, (x, y), key, jnp.int32(step))
+        assert float(got) == pytest.approx(float(want), rel=1e-6)
+        for a, b in zip(jax.tree.leaves(got_g), jax.tree.leaves(want_g)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    # mid-ramp the IBP-only objective is a different (looser) loss: the phase boundary matters
+    (mid_cheap, _) = objective.phases[2][1](params, (x, y), key, jnp.int32(20))
+    (mid_full, _) = objective(params, (x, y), key, jnp.int32(20))
+    assert float(mid_cheap) != pytest.approx(float(mid_full), rel=1e-6)
+    # beta ending above 0 keeps CROWN to the end; kappa starting below 1 needs it from step 0
+    kept = crown_ibp_training(lambda p, v: forward(network, p, v), model=network, eps=0.2, warmup_steps=10,
+                              ramp_steps=20, beta_end=0.5, kappa_start=0.9)
+    assert kept.phases == ((0, kept),)
+
+
+def test_train_runs_each_phase_from_its_first_step():
+    """bench.train picks the phase's step function by step number, on the host."""
+    def constant(value):
+        def objective(params, batch, key, step):
+            return jnp.sum(params["w"]) * 0.0 + value, {"phase": jnp.float32(value)}
+        return objective
+
+    objective = constant(0.0)
+    objective.phases = ((0, objective), (3, constant(1.0)), (7, constant(2.0)))
+    x, y = np.zeros((10, 1), np.float32), np.zeros(10, np.int32)
+    _, history = train_mod.train(objective, {"w": jnp.zeros(2)}, optax.sgd(0.1), x, y, epochs=2, batch_size=2,
+                                 key=jax.random.key(0), progress=False)
+    # 5 steps per epoch: epoch 1 has steps 0-4 (phases 0,0,0,1,1), epoch 2 steps 5-9 (1,1,2,2,2)
+    assert [row["phase"] for row in history] == pytest.approx([0.4, 1.6])
+    objective.phases = ((1, objective),)
+    with pytest.raises(BenchError, match="phases must start at step 0"):
+        train_mod.train(objective, {"w": jnp.zeros(2)}, optax.sgd(0.1), x, y, epochs=1, batch_size=2,
+                        key=jax.random.key(0), progress=False)
 
 
 def test_gaussian_augmentation_is_cross_entropy_on_noisy_inputs():

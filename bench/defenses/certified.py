@@ -8,12 +8,12 @@ true class). The training epsilon ramps linearly from 0 to `eps` over
 linearly from `kappa_start` to `kappa_end` over the same ramp (Gowal et al.: 1
 to 0.5). CROWN-IBP uses beta * CROWN-IBP bound + (1 - beta) * IBP bound, with
 beta from `beta_start` to `beta_end` over the ramp (Zhang et al.: 1 to 0). The
-CROWN-IBP pass always runs: skipping it with `lax.cond` once beta is 0 makes
-every step with beta > 0 about 11x slower on CPU (XLA runs the convolutions
-inside a conditional far slower: 5.6 s instead of 0.5 s of CPU per cnn_small
-step at batch 100, measured after the conv-transpose fix of
-bench/certify/network.py), which costs more than the beta = 0 steps it saves
-(0.14 s instead of 0.5 s each).
+CROWN-IBP pass runs only where its weight (1 - kappa) * beta is not 0: the
+objective's `phases` (bench/train.py) train warm-up (kappa 1) and the steps
+after the ramp (beta 0) with IBP's bound alone, one compiled step per phase,
+since the loss and gradients there do not depend on the CROWN term (a
+`lax.cond` inside one step was tried before and made every CROWN step about
+11x slower on CPU).
 
 The CROWN-IBP bound is CROWN's backward pass from the num_classes - 1 margin
 rows with IBP intermediate bounds (Zhang et al. 2020), so it costs about one
@@ -25,6 +25,8 @@ Bounds need the layer structure, so these factories take the Flax model
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -114,17 +116,30 @@ def crown_ibp_training(logits_fn, *, model=None, eps: float, norm: str = "linf",
         if not 0.0 <= b <= 1.0:
             raise BenchError(f"beta must lie in [0, 1], got {b}")
 
-    def margin_fn(network, params, x, y, eps_now, frac):
+    def margin_fn(network, params, x, y, eps_now, frac, with_crown=True):
         beta = beta_start + (beta_end - beta_start) * frac
         ibp_bound = ibp_margin_lower(network, params, x, y, eps_now, norm=norm)
         finite = jnp.where(jnp.isinf(ibp_bound), 0.0, ibp_bound)
-
-        crown_bound = crown_margin_lower(network, params, x, y, eps_now, norm=norm,
-                                         intermediate=Intermediate.IBP, lower_slope=LowerSlope.ADAPTIVE)
-        crown_bound = jnp.where(jnp.isinf(crown_bound), 0.0, crown_bound)
-        margin = beta * crown_bound + (1.0 - beta) * finite
+        if with_crown:
+            crown_bound = crown_margin_lower(network, params, x, y, eps_now, norm=norm,
+                                             intermediate=Intermediate.IBP, lower_slope=LowerSlope.ADAPTIVE)
+            crown_bound = jnp.where(jnp.isinf(crown_bound), 0.0, crown_bound)
+            margin = beta * crown_bound + (1.0 - beta) * finite
+        else:  # IBP's bound: the same margin where beta is 0, and the exact margin at eps 0 (warm-up)
+            margin = finite
         margin = jnp.where(jax.nn.one_hot(y, margin.shape[-1], dtype=bool), jnp.inf, margin)
         return margin, {"beta": beta}
 
-    return _objective(logits_fn, margin_fn, network, norm, eps, int(warmup_steps), int(ramp_steps),
-                      float(kappa_start), float(kappa_end))
+    args = (network, norm, eps, int(warmup_steps), int(ramp_steps), float(kappa_start), float(kappa_end))
+    objective = _objective(logits_fn, margin_fn, *args)
+    # The CROWN pass only matters where its weight (1 - kappa) * beta is not 0: not in warm-up when kappa starts
+    # at 1 (the robust term has weight 0), and not after the ramp when beta ends at 0 (the bound is IBP's).
+    # There the same loss and gradients come without it (tests/test_defenses.py), one compiled step per phase.
+    ibp_only = _objective(logits_fn, partial(margin_fn, with_crown=False), *args)
+    start = int(warmup_steps) + 1 if float(kappa_start) == 1.0 else 0
+    end = int(warmup_steps) + int(ramp_steps) if beta_end == 0.0 else None
+    phases = ([(0, ibp_only)] if start > 0 else []) + [(start, objective)]
+    if end is not None and end > start:
+        phases.append((end, ibp_only))
+    objective.phases = tuple(phases)
+    return objective
