@@ -189,7 +189,7 @@ def evaluate_model(*, name: str, defense: str, dataset: str, suite: str, out: Pa
                    **records.provenance(config, seed=seed, data_fingerprint=data.fingerprint))
     frame = records.make_rows(rows, context)
     records.write_records(out, frame)
-    from bench.reproduce import machine
+    from bench.records import machine
 
     records.atomic_write_bytes(out / MACHINE_FILE, json.dumps(machine(), indent=1).encode())
     print(f"records: {out / records.RECORDS_FILE} ({time.perf_counter() - started:.1f} s)")

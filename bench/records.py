@@ -2,15 +2,18 @@
 
 Schema (ARCHITECTURE.md, "Records"): run_id, scenario, dataset, model, defense, evaluator, norm,
 eps, metric, value, n, and provenance config_hash, git_rev, versions, seed,
-data_fingerprint, seconds, created. Tables are derived from these rows only.
+data_fingerprint, seconds, created, and hardware (`machine()["summary"]`: CPU, cores, JAX devices; absent
+from records written before it existed). Tables are derived from these rows only.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -63,6 +66,37 @@ def versions() -> str:
     return json.dumps(found, sort_keys=True)
 
 
+@functools.lru_cache(maxsize=1)
+def _machine() -> tuple:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import jax
+
+        devices = sorted({f"{d.platform}:{d.device_kind}" for d in jax.devices()})
+        count = jax.device_count()
+    except Exception:  # no usable backend: the CPU line still says where it ran
+        devices, count = [], 0
+    summary = f"{cpu or platform.machine()}, {os.cpu_count()} cores; jax {', '.join(devices) or 'unknown'}" + \
+              (f" x{count}" if count > 1 else "")
+    return summary, cpu, devices, count
+
+
+def machine() -> dict:
+    """The hardware this process runs on: `summary` (one line, the `hardware` column of every record), the CPU,
+    its cores, the platform and the JAX devices; `bench.reproduce` also writes it beside a run (machine.json)."""
+    summary, cpu, devices, count = _machine()
+    return {"summary": summary, "cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "jax_devices": list(devices), "device_count": count,
+            "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
 def flatten(config: dict, prefix: str = "") -> dict:
     """{"train.epochs": 10, ...}: nested config keys joined with dots (lists kept as values)."""
     flat = {}
@@ -95,6 +129,7 @@ def provenance(config: dict, *, seed: int, data_fingerprint: str, run_id: str | 
         "seed": int(seed),
         "data_fingerprint": data_fingerprint,
         "created": time.time(),
+        "hardware": machine()["summary"],
     }
 
 

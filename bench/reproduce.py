@@ -34,8 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -46,7 +44,7 @@ from omegaconf import OmegaConf
 
 from bench.errors import BenchError
 from bench.publish import entries as entries_mod
-from bench.records import RECORDS_FILE, atomic_write_bytes
+from bench.records import RECORDS_FILE, atomic_write_bytes, machine
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS = ROOT / "conf" / "experiment"
@@ -78,30 +76,6 @@ def resolve(name: str, full: bool) -> str:
     if not target or not (EXPERIMENTS / f"{target}.yaml").is_file():
         raise BenchError(f"{name} names no full-scale preset (`reduced_of`); run it without --full")
     return str(target)
-
-
-def machine() -> dict:
-    """The hardware the run used, as recorded beside its records (machine.json)."""
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        import jax
-
-        devices = sorted({f"{d.platform}:{d.device_kind}" for d in jax.devices()})
-        count = jax.device_count()
-    except Exception:  # no usable backend: the CPU line still says where it ran
-        devices, count = [], 0
-    summary = f"{cpu or platform.machine()}, {os.cpu_count()} cores; jax {', '.join(devices) or 'unknown'}" + \
-              (f" x{count}" if count > 1 else "")
-    return {"summary": summary, "cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "jax_devices": devices, "device_count": count,
-            "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 def run_autoattack(name: str, run_dir: Path, overrides: list[str]) -> None:

@@ -68,8 +68,12 @@ def read_runs(*paths) -> pd.DataFrame:
         except BenchError as err:  # a damaged file: one line, the others still count
             print(f"warning: {err}; skipped", file=sys.stderr)
             continue
+        # machine.json beside the run (bench.reproduce, bench.byom), else the records' own hardware column
+        hardware = _hardware(f.parent)
+        if hardware == "not recorded" and "hardware" in frame:
+            hardware = frame["hardware"].fillna("not recorded")
         frames.append(frame.assign(run_dir=str(f.parent.resolve()), preset=_preset(f.parent),
-                                   hardware=_hardware(f.parent), command=_command(f.parent)))
+                                   hardware=hardware, command=_command(f.parent)))
     if not frames:
         raise BenchError("no readable records; rerun the runs whose records are damaged")
     return pd.concat(frames, ignore_index=True)
