@@ -301,8 +301,8 @@ def test_gradient_matching_poisons_keep_labels_and_budget_and_raise_the_alignmen
         _flat_cosine(g_p, g_adv), abs=1e-4)
     # crafting raises it: the trace climbs, and the kept poisons align better than the clean bases did
     trace = p.info["trace"]
-    assert trace[-1] > trace[0] + 0.1, trace[[0, -1]]
-    assert p.info["alignment"] > p.info["alignment_before"] + 0.1, (p.info["alignment_before"], p.info["alignment"])
+    assert trace[-1] > trace[0] + 0.05, trace[[0, -1]]
+    assert p.info["alignment"] > p.info["alignment_before"] + 0.05, (p.info["alignment_before"], p.info["alignment"])
 
 
 def _scenario_run(tmp_path, overrides):

@@ -47,6 +47,7 @@ def poisoning_table(records: pd.DataFrame, *, with_ci: bool = False) -> pd.DataF
                                      defense=("defense", "first"), variant=("variant", "first"),
                                      epsilon=("dp_epsilon", "max"), split=("split", "first"),
                                      seeds=("seed", seed_list), command=("command", "first"),
+                                     rev=("git_rev", lambda s: ",".join(sorted({str(v)[:7] for v in s}))),
                                      targets=("targets", lambda s: " / ".join(dict.fromkeys(v for v in s if v))))
     table = table.reset_index()
     table["command"] = [f"python -m bench -m {c} seed={s}" if c else "" for c, s in zip(table.command, table.seeds)]
@@ -89,7 +90,9 @@ def poisoning_table(records: pd.DataFrame, *, with_ci: bool = False) -> pd.DataF
         table = table.drop(columns="epsilon")
     if set(table["split"]) == {"test"}:
         table = table.drop(columns="split")
-    last = [c for c in ("seeds", "targets", "command") if c in table.columns]
+    if "command" not in table.columns:
+        table = table.drop(columns="rev")
+    last = [c for c in ("seeds", "targets", "command", "rev") if c in table.columns]
     table = table[[c for c in table.columns if c not in last] + last].rename(columns={"ratio": "ratio %"})
     return table.reset_index(drop=True)
 
@@ -126,15 +129,17 @@ def write_poisoning_tables(records: pd.DataFrame, out) -> dict:
             "over seeds, 95% Wilson interval of the mean). ratio: share of the training set modified (%). CA, ASR, "
             "RA, TPR, FPR, targeted success in %; DER in [0, 1] (0.5: no change); epsilon: DP-SGD's (PLD "
             "accountant, delta in the records; inf: not private); train s: training time of that model (s, mean "
-            "over seeds). Definitions: bench/poisoning/metrics.py. Each row's command, run once per listed seed, "
-            "made it; targets: the target test images of each seed (targeted attacks).\n\n")
+            "over seeds). Definitions: bench/poisoning/metrics.py. Each row's command made it, at the git revision in "
+            "`rev` (the working tree was shared, so the revision is the nearest commit); targets: the target test "
+            "images of each seed (targeted attacks).\n\n")
     test = records[split == "test"]
     if not test.empty:
         text += "## Test split\n\n" + to_markdown(poisoning_table(test, with_ci=True)) + "\n\n"
     validation = records[split == "validation"]
     if not validation.empty:
         text += ("## Recipe trials on the validation split\n\nScored on the validation split carved from the "
-                 "training split (`validation=N suite.split=validation`); the test split was not read to choose.\n\n"
+                 "training split (`validation=N suite.split=validation`); the test split was not read to choose. The "
+                 "commands name the presets as they were at `rev`.\n\n"
                  + to_markdown(poisoning_table(validation, with_ci=True)) + "\n\n")
     text += PUBLISHED
     return {"md": atomic_write_bytes(out / "poisoning.md", text.encode()),
