@@ -2,7 +2,7 @@
 
     python scripts/certified_speed.py --label after           # writes results/certified_speed.md
 
-Two tables:
+Three tables:
 1. Training step time (jitted value_and_grad + Adam update, as bench/train.py runs it) of
    standard, IBP and CROWN-IBP training on cnn_small at batch 100, mid-ramp (eps > 0, beta in (0, 1),
    so every bound term is live); each step function must compile exactly once over steps with
@@ -10,6 +10,9 @@ Two tables:
 2. Bound computation time per example of IBP, CROWN-IBP (CROWN with IBP intermediate bounds) and full
    CROWN on cnn_small and cnn_large (freshly initialised weights; timing does not depend on them),
    batch of `--bound-batch` examples, after compilation.
+
+3. The mean step over each CROWN-IBP preset's whole schedule (warm-up, ramp, after the ramp), from
+   the step times of table 1: bench/train.py runs the CROWN pass only where its weight is not 0.
 
 Rows of other labels already in the output file are kept, so the file can hold a "before" and an
 "after" measurement of the same code path (each row records the git revision it ran on).
@@ -61,7 +64,10 @@ def git_rev() -> str:
         return f"not a git checkout ({src})"
 
 
-def time_steps(objective, params, x, y, steps: int):
+MID = 500  # mid-ramp for the objectives below (warmup 0, ramp 1000)
+
+
+def time_steps(objective, params, x, y, steps: int, mid: int = MID):
     """(wall s / step, CPU s / step, compile s, compiled versions) of a train_step like bench/train.py's."""
     optimizer = optax.adam(1e-3)
 
@@ -73,7 +79,6 @@ def time_steps(objective, params, x, y, steps: int):
 
     opt_state = optimizer.init(params)
     key = jax.random.key(0)
-    mid = 500  # mid-ramp for the objectives below (warmup 0, ramp 1000)
     started = time.perf_counter()
     out = train_step(params, opt_state, x[0], y[0], key, jnp.int32(mid))
     jax.block_until_ready(out)
@@ -96,17 +101,58 @@ def step_rows(label, rev, steps: int, batch: int):
     nb = 4
     x = jnp.asarray(ds.x_train[: nb * batch].reshape(nb, batch, *ds.x_train.shape[1:]))
     y = jnp.asarray(ds.y_train[: nb * batch].reshape(nb, batch))
-    objectives = {
-        "standard": standard(logits_fn),
-        "IBP": ibp_training(logits_fn, model=model, eps=0.2, warmup_steps=0, ramp_steps=1000),
-        "CROWN-IBP": crown_ibp_training(logits_fn, model=model, eps=0.2, warmup_steps=0, ramp_steps=1000),
+    crown_ibp = crown_ibp_training(logits_fn, model=model, eps=0.2, warmup_steps=0, ramp_steps=1000)
+    objectives = {  # name: (objective, the step it is timed at)
+        "standard": (standard(logits_fn), MID),
+        "IBP": (ibp_training(logits_fn, model=model, eps=0.2, warmup_steps=0, ramp_steps=1000), MID),
+        "CROWN-IBP": (crown_ibp, MID),
+        # the phase after the ramp (beta 0), which bench/train.py runs without the CROWN pass
+        "CROWN-IBP after the ramp": (crown_ibp.phases[-1][1], 1000 + MID),
     }
     rows, base = [], None
-    for name, objective in objectives.items():
-        per_step, per_step_cpu, compile_s, compiles = time_steps(objective, params, x, y, steps)
+    for name, (objective, at) in objectives.items():
+        per_step, per_step_cpu, compile_s, compiles = time_steps(objective, params, x, y, steps, at)
         base = base or per_step_cpu
         rows.append([label, rev, "cnn_small", name, str(batch), f"{per_step * 1e3:.1f}", f"{per_step_cpu * 1e3:.1f}",
                      f"{per_step_cpu / base:.1f}", f"{compile_s:.1f}", str(compiles)])
+        print(" | ".join(rows[-1]), flush=True)
+    return rows
+
+
+SCHEDULE_HEADER = ["label", "preset", "steps", "warm-up steps", "CROWN steps", "after-ramp steps",
+                   "mean ms / step (CPU)", "x IBP step (CPU)"]
+PRESETS = ("crown_ibp_zhang2020_mnist_reduced", "crown_ibp_zhang2020_mnist")
+# Training-set sizes of datasets that are not on this machine (TFDS' documented split sizes).
+TFDS_TRAIN_SIZES = {"mnist": 60_000}
+
+
+def preset_schedule(name: str) -> tuple[int, int, int]:
+    """(total steps, warm-up steps, ramp steps) of a CROWN-IBP preset, from its composed config."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        cfg = compose(config_name="config", overrides=[f"+experiment={name}"])
+    if cfg.dataset._target_.endswith("mnist5k"):
+        n = cfg.dataset.n_train or len(data.mnist5k().y_train)
+        n -= int(cfg.get("validation") or 0)
+    else:
+        n = TFDS_TRAIN_SIZES[cfg.dataset.name]
+    total = int(cfg.train.epochs) * -(-n // int(cfg.train.batch_size))
+    return total, int(cfg.defense.warmup_steps), int(cfg.defense.ramp_steps)
+
+
+def schedule_rows(label, step_table):
+    """The mean step of each preset's whole schedule, from the step times just measured: warm-up and the steps
+    after the ramp at the after-the-ramp (IBP-only) step's time, the ramp at the CROWN-IBP step's."""
+    ms = {r[3]: float(r[6]) for r in step_table}
+    rows = []
+    for name in PRESETS:
+        total, warmup, ramp = preset_schedule(name)
+        crown = min(ramp, max(total - warmup, 0))
+        cheap = total - crown
+        mean = (crown * ms["CROWN-IBP"] + cheap * ms["CROWN-IBP after the ramp"]) / total
+        rows.append([label, name, str(total), str(min(warmup, total)), str(crown), str(cheap - min(warmup, total)),
+                     f"{mean:.1f}", f"{mean / ms['IBP']:.1f}"])
         print(" | ".join(rows[-1]), flush=True)
     return rows
 
@@ -181,6 +227,8 @@ def main(argv=None) -> int:
     old_steps = [r for r in read_rows(args.out, STEP_HEADER) if r[0] != args.label or args.skip_steps]
     old_bounds = [r for r in read_rows(args.out, BOUND_HEADER) if r[0] != args.label or args.skip_bounds]
     new_steps = [] if args.skip_steps else step_rows(args.label, rev, args.steps, args.batch)
+    old_schedule = [r for r in read_rows(args.out, SCHEDULE_HEADER) if r[0] != args.label or args.skip_steps]
+    new_schedule = [] if args.skip_steps else schedule_rows(args.label, new_steps)
     new_bounds = [] if args.skip_bounds else bound_rows(args.label, rev, args.bound_batch, args.repeats, args.models)
     import os
     cpu = f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, jax {jax.__version__} " \
@@ -199,6 +247,14 @@ def main(argv=None) -> int:
         "versions of the step function after steps with different step numbers (must be 1).",
         "",
         *table(STEP_HEADER, old_steps + new_steps),
+        "",
+        "## A whole CROWN-IBP schedule",
+        "",
+        "The CROWN pass runs only during the ramp (bench/defenses/certified.py, `phases`): warm-up (kappa 1) and",
+        "the steps after it (beta 0) are IBP steps. Mean step over each preset's schedule, from the step times",
+        "above: the ramp at the CROWN-IBP step's CPU time, every other step at the after-the-ramp step's.",
+        "",
+        *table(SCHEDULE_HEADER, old_schedule + new_schedule),
         "",
         "## Bound computation (L-inf eps 0.1, freshly initialised weights)",
         "",
