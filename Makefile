@@ -100,4 +100,5 @@ bench: peers-env
 	$(PEERS_RUN) scripts/peer_pgd.py --repeats 3
 	$(PEERS_RUN) scripts/peer_autoattack.py --threads 2
 	$(BIN)/python scripts/dp_speed.py --epochs 0
+	$(BIN)/python scripts/certified_speed.py --label bench --skip-bounds
 	$(BIN)/python scripts/speed_report.py

@@ -2,7 +2,8 @@
 
 `make bench` runs, one after another on the same machine, scripts/peer_pgd.py (PGD-40 vs torchattacks),
 scripts/peer_autoattack.py (the AutoAttack suite vs torchattacks' at the paper's 100 iterations),
-scripts/dp_speed.py (DP-SGD steps vs a non-private step) and scripts/peer_opacus.py when asked, then this
+scripts/dp_speed.py (DP-SGD steps vs a non-private step), scripts/certified_speed.py (CROWN-IBP vs IBP
+training steps) and scripts/peer_opacus.py when asked, then this
 script. It reads the numbers from those reports (it types none itself), and measures two things of its own:
 this machine's float32 matmul rate (the peak a model layer can reach) and the FLOPs of one PGD gradient
 evaluation of cnn_small (XLA's cost analysis of the compiled step), which turn PGD's measured gradient
@@ -142,8 +143,20 @@ def main(argv=None) -> int:
                   "analysis of the compiled gradient).",
                   f"- PGD-40 at batch {best[1]}: {evals:,.0f} gradient evaluations/s (results/peer_pgd.md) = "
                   f"**{achieved:.0f} GFLOP/s, {achieved / peak:.0%} of the matmul peak**."]
-    lines += ["", "Not measured here: CROWN-IBP against IBP per training step (results/certified_speed.md, "
-              "`scripts/certified_speed.py`)."]
+    cert = read("certified_speed.md")
+    label = next((c[0] for c in reversed(table_rows(cert, "")) if len(c) == 10 and c[3] == "CROWN-IBP"), None)
+    steps = {c[3]: c for c in table_rows(cert, label or "-") if len(c) == 10 and c[0] == label}
+    if "IBP" in steps and "CROWN-IBP" in steps:
+        ibp_ms = number(steps["IBP"][6])
+        lines.append(f"| CROWN-IBP training step mid-ramp (cnn_small, batch {steps['IBP'][4]}; goal: at most 3x) | "
+                     f"{number(steps['CROWN-IBP'][6]):.1f} ms | {ibp_ms:.1f} ms (IBP step) | "
+                     f"{ibp_ms / number(steps['CROWN-IBP'][6]):.2f} (= {number(steps['CROWN-IBP'][6]) / ibp_ms:.1f}x "
+                     "the IBP step) | results/certified_speed.md |")
+        for c in table_rows(cert, label):
+            if len(c) == 8:
+                lines.append(f"| CROWN-IBP, mean step over {c[1]}'s schedule ({c[4]} of {c[2]} steps with CROWN) | "
+                             f"{number(c[6]):.1f} ms | {ibp_ms:.1f} ms (IBP step) | {1 / number(c[7]):.2f} "
+                             f"(= {c[7]}x) | results/certified_speed.md |")
     text = "\n".join(lines) + "\n"
     args.out.write_text(text)
     print(text)
