@@ -5,7 +5,8 @@ One row per (experiment, trained model): the experiment is the config without it
 else differs), the trained model is `clean_training` (the clean set, ratio 0), `poisoned` (the poisoned set,
 defense = the training objective only) or a filter (defense = objective + filter, retrained without what it
 flagged). Columns: attack, ratio (the share of the training set modified), defense, CA, ASR, RA (%), the
-filter's detection TPR and FPR (%), DER (in [0, 1]), targeted success (%), epsilon (DP-SGD's, PLD accountant;
+filter's detection TPR and FPR (%), DER (in [0, 1]), targeted success (%), gradient matching's cosine between the
+poisons' and the adversarial gradient on the surrogate before and after crafting (mean over targets), epsilon (DP-SGD's, PLD accountant;
 shown when some row trained with DP: inf for the others), split (the split scored), seeds (the list), targets (per
 seed, for targeted attacks) and the command that made the row (`python -m bench -m <overrides> seed=<seeds>`).
 Shares carry the 95% Wilson interval of the mean on the examples they were measured on.
@@ -21,7 +22,9 @@ from bench.records import atomic_write_bytes
 from bench.report import _cells, _format, latest_runs, to_markdown, with_experiment
 
 COLUMNS = {"CA": "clean_accuracy", "ASR": "attack_success_rate", "RA": "robust_accuracy", "TPR": "tpr",
-           "FPR": "fpr", "DER": "der", "targeted": "targeted_success"}
+           "FPR": "fpr", "DER": "der", "targeted": "targeted_success", "cos before": "alignment_before",
+           "cos after": "alignment"}
+NOT_SHARES = ("DER", "cos before", "cos after")  # printed as they are (3 decimals), not as %
 ORDER = {"surrogate": 0, "clean_training": 0, "poisoned": 1}
 _NAMED_BY_ROW = ("scenario.attack=", "scenario.ratio=")  # shown as columns, not as the variant
 
@@ -65,8 +68,8 @@ def poisoning_table(records: pd.DataFrame, *, with_ci: bool = False) -> pd.DataF
                 continue
             c = cells.loc[key]
             if not with_ci:
-                values.append(c["mean"] if label == "DER" else 100 * c["mean"])
-            elif label == "DER":
+                values.append(c["mean"] if label in NOT_SHARES else 100 * c["mean"])
+            elif label in NOT_SHARES:
                 spread = f" ± {c['sd']:.3f}" if c["seeds"] > 1 and pd.notna(c["sd"]) else ""
                 values.append(f"{c['mean']:.3f}{spread}" if pd.notna(c["mean"]) else "")
             else:
@@ -131,7 +134,8 @@ def write_poisoning_tables(records: pd.DataFrame, out) -> dict:
             "accountant, delta in the records; inf: not private); train s: training time of that model (s, mean "
             "over seeds). Definitions: bench/poisoning/metrics.py. Each row's command made it, at the git revision in "
             "`rev` (the working tree was shared, so the revision is the nearest commit); targets: the target test "
-            "images of each seed (targeted attacks).\n\n")
+            "images of each seed (targeted attacks). This file: `python -m bench.report <run folders> --out results` "
+            "(bench/poisoning/report.py, from the records only).\n\n")
     test = records[split == "test"]
     if not test.empty:
         text += "## Test split\n\n" + to_markdown(poisoning_table(test, with_ci=True)) + "\n\n"
