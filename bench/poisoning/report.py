@@ -145,6 +145,9 @@ def write_poisoning_tables(records: pd.DataFrame, out) -> dict:
                  "training split (`validation=N suite.split=validation`); the test split was not read to choose. The "
                  "commands name the presets as they were at `rev`.\n\n"
                  + to_markdown(poisoning_table(validation, with_ci=True)) + "\n\n")
+    for picture in sorted(out.glob("poisoning*.png")):
+        text += (f"![{picture.stem}]({picture.name})\n\n{picture.name}: a run's poisons.png (target, clean images, "
+                 "poisons, and each perturbation scaled from [-eps, eps] to [0, 1]).\n\n")
     text += PUBLISHED
     return {"md": atomic_write_bytes(out / "poisoning.md", text.encode()),
             "csv": atomic_write_bytes(out / "poisoning.csv", poisoning_table(records).to_csv(index=False).encode())}
