@@ -134,7 +134,7 @@ def crown_ibp_training(logits_fn, *, model=None, eps: float, norm: str = "linf",
     objective = _objective(logits_fn, margin_fn, *args)
     # The CROWN pass only matters where its weight (1 - kappa) * beta is not 0: not in warm-up when kappa starts
     # at 1 (the robust term has weight 0), and not after the ramp when beta ends at 0 (the bound is IBP's).
-    # There the same loss and gradients come without it (tests/test_defenses.py), one compiled step per phase.
+    # There the same loss and gradients come without it (tests/test_certify.py), one compiled step per phase.
     ibp_only = _objective(logits_fn, partial(margin_fn, with_crown=False), *args)
     start = int(warmup_steps) + 1 if float(kappa_start) == 1.0 else 0
     end = int(warmup_steps) + int(ramp_steps) if beta_end == 0.0 else None
