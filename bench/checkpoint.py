@@ -12,6 +12,10 @@ epoch's running loss sums and the history so far. The random keys need no
 saving: every step's key is `fold_in(key, step)` and every epoch's data order
 comes from a generator seeded by (seed, epoch). Files are written atomically,
 so a kill leaves either the old checkpoint or the new one, never half of one.
+
+Setting the environment variable BENCH_KILL_AFTER_CHECKPOINT=1 makes the process
+SIGKILL itself right after it wrote its first checkpoint: the resume tests use it
+to crash a run at a known step instead of racing a kill against a fast training loop.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +38,7 @@ from bench.records import atomic_write_bytes, config_hash
 CHECKPOINT_FILE = "train_state.msgpack"
 # Config keys that cannot change any number a run produces; they stay out of the work-folder hash.
 VOLATILE_KEYS = ("progress", "checkpoint")
+KILL_AFTER_CHECKPOINT = "BENCH_KILL_AFTER_CHECKPOINT"
 
 
 def stable_config(config: dict) -> dict:
@@ -93,7 +100,10 @@ class Checkpointer:
 
     def save(self, state: dict[str, Any]) -> Path:
         state = dict(state, history=json.dumps(state["history"]))
-        return atomic_write_bytes(self.path, serialization.to_bytes(jax.device_get(_keys_as_data(state))))
+        path = atomic_write_bytes(self.path, serialization.to_bytes(jax.device_get(_keys_as_data(state))))
+        if os.environ.get(KILL_AFTER_CHECKPOINT) == "1":  # crash injection for the resume tests
+            os.kill(os.getpid(), signal.SIGKILL)
+        return path
 
     def load(self, like: dict[str, Any]) -> dict[str, Any] | None:
         """The saved state in the structure of `like`, or None when there is none (or resume is off)."""

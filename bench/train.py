@@ -167,6 +167,8 @@ def train(objective: Callable, params, optimizer: optax.GradientTransformation, 
     saved = checkpointer.load(state) if checkpointer is not None else None
     if saved is not None:
         state = saved
+        if hasattr(sampler, "seek"):  # a sampler that counts its steps (DP-SGD's accountant) learns where we are
+            sampler.seek(state["step"])
         if state["epoch"] >= epochs or (state["history"] and state["history"][-1].get("stop")):
             print(f"resuming from {checkpointer.path} at step {state['step']} (training had finished: "
                   f"{state['epoch']} of {epochs} epochs; nothing left to train)", file=sys.stderr)

@@ -20,21 +20,17 @@ from bench.defenses import standard
 
 
 def kill_at_first_checkpoint(args, cwd, env, ckpt, timeout: float = 300) -> None:
-    """Start `args` and SIGKILL it as soon as a training checkpoint exists under `ckpt`."""
+    """Run `args` until it writes its first training checkpoint under `ckpt`, where it SIGKILLs itself
+    (`bench.checkpoint.KILL_AFTER_CHECKPOINT`): the crash lands at a known step however fast the machine is."""
     import signal
     import subprocess
-    import time
 
     from bench import checkpoint
 
-    proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + timeout
-    while not list(ckpt.glob(f"*/{checkpoint.CHECKPOINT_FILE}")):
-        assert proc.poll() is None, "the run ended before its first checkpoint"
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    out = subprocess.run(args, cwd=cwd, env={**env, checkpoint.KILL_AFTER_CHECKPOINT: "1"}, capture_output=True,
+                         text=True, timeout=timeout)
+    assert out.returncode == -signal.SIGKILL, f"the run was not killed at its checkpoint: {out.stderr[-2000:]}"
+    assert list(ckpt.glob(f"*/{checkpoint.CHECKPOINT_FILE}")), "the run was killed but left no checkpoint"
 
 
 @pytest.fixture(scope="session")

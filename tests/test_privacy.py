@@ -177,6 +177,26 @@ def test_poisson_sampler_pads_and_counts_steps():
     assert 35 < np.mean(sizes) < 65  # expected 50
 
 
+def test_a_run_resumed_after_its_training_finished_still_counts_every_step(tmp_path):
+    """The accountant composes `steps_taken`: a rerun that finds the final checkpoint trains nothing, never calls
+    the sampler, and must still report all the steps, not 0 (a CI run crashed in the accountant on this)."""
+    from bench import checkpoint, train
+
+    x = np.random.default_rng(0).normal(size=(200, 4)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int32)
+    model = models.mlp(2, (0.0,), (1.0,), hidden=(8,))
+    logits_fn = models.make_logits_fn(model)
+    params = models.init_params(model, jax.random.key(0), x.shape[1:])
+    counts = []
+    for _ in range(2):  # the first run trains and saves; the second finds training finished
+        sampler = dp_sgd.PoissonSampler(200, 0.1, steps=30, steps_per_epoch=10, pad_multiple=16)
+        train.train(standard(logits_fn), params, optax.sgd(0.1), x, y, epochs=3, batch_size=20,
+                    key=jax.random.key(1), progress=False, sampler=sampler,
+                    checkpointer=checkpoint.Checkpointer(tmp_path, every_steps=7))
+        counts.append(sampler.steps_taken)
+    assert counts == [30, 30]
+
+
 # --- membership inference and auditing ---------------------------------------------------------------------------
 
 def _fit_mlp(x, y, epochs, key, hidden=(64,)):

@@ -194,6 +194,11 @@ class PoissonSampler:
         """Steps handed out, counted over the whole run (a resumed run included): what the accountant composes."""
         return self._position
 
+    def seek(self, step: int) -> None:
+        """Count `step` steps as handed out (a run resumed from a checkpoint at that step, even one whose training
+        had finished and never calls the sampler again); the next call replays the sequence to its epoch."""
+        self._position, self._batches = int(step), None
+
     def __call__(self, epoch: int, epoch_rng: Callable[[int], np.random.Generator]) -> list[np.ndarray]:
         """The batches of `epoch`. The whole sequence comes from one generator, `epoch_rng(0)`; a call at another
         position than where the last one ended (a run resumed from a checkpoint) replays the sequence up to that
