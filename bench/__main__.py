@@ -148,8 +148,7 @@ def _check_overrides(args: list[str]) -> str | None:
         return problem
     runs = _sweep_choices(overrides) if sweep else [overrides]
     try:
-        with initialize_config_dir(config_dir=str(Path(__file__).resolve().parent.parent / "conf"),
-                                   version_base=None):
+        with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
             for run in runs:
                 cfg = compose(config_name="config", overrides=run)
                 for i, override in enumerate(run):
@@ -170,7 +169,10 @@ def _check_overrides(args: list[str]) -> str | None:
     return None
 
 
-@hydra.main(version_base=None, config_path="../conf", config_name="config")
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")  # absolute: `cli()` also runs from an import
+
+
+@hydra.main(version_base=None, config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> None:
     """Compose, instantiate the scenario, run it, finish (records, history, table). No scenario logic here."""
     from bench import cache, report
@@ -200,8 +202,28 @@ def main(cfg: DictConfig) -> None:
     print(f"records: {run_dir / records.RECORDS_FILE} ({time.perf_counter() - started:.1f} s in all)")
 
 
-if __name__ == "__main__":
-    if (problem := _check_overrides(sys.argv[1:])) is not None:
+def cli(argv: list[str] | None = None) -> int:
+    """`python -m bench ARGS` as a function: the exit status (0 done, 2 bad input, 1 a failure Hydra reported).
+    With `argv` it runs in this process (the tests' bad-input table does), else on `sys.argv`."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    in_process = argv is not None
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if (problem := _check_overrides(argv)) is not None:
         print(f"error: {problem}", file=sys.stderr)
-        sys.exit(2)
-    main()
+        return 2
+    # In a caller's process Hydra leaves logging alone (its dictConfig would close the caller's handlers).
+    quiet = ["hydra/job_logging=none", "hydra/hydra_logging=none"] if in_process else []
+    saved_argv, sys.argv = sys.argv, [sys.argv[0], *argv, *quiet]
+    try:
+        main()
+    except SystemExit as stop:
+        return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    finally:
+        sys.argv = saved_argv
+        GlobalHydra.instance().clear()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

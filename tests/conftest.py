@@ -6,7 +6,7 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # The CLI runs the tests start share one compilation cache (bench/cache.py) of this session only, so no test
-# depends on what an earlier session left in ~/.cache.
+# depends on what an earlier session left in ~/.cache. (Set before pytest-xdist starts its workers: they share it.)
 if "BENCH_JAX_CACHE" not in os.environ:
     import tempfile
 
@@ -17,6 +17,15 @@ import pytest
 
 from bench import data, models, train
 from bench.defenses import standard
+
+
+def cli_env(home, **extra) -> dict:
+    """The environment of a `python -m bench` subprocess in a test: CPU, a bare PATH, `home` as HOME, and this
+    session's compilation cache with every compilation kept (the resume and determinism tests rerun one config,
+    so their later runs load executables instead of compiling them; an executable gives the same numbers)."""
+    return {"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin", "HOME": str(home),
+            "BENCH_JAX_CACHE": os.environ["BENCH_JAX_CACHE"], "BENCH_JAX_CACHE_MIN_SECONDS": "0",
+            **{k: str(v) for k, v in extra.items()}}
 
 
 def kill_at_first_checkpoint(args, cwd, env, ckpt, timeout: float = 300) -> None:

@@ -21,8 +21,10 @@ from bench.errors import BenchError
 from bench.scenarios.physical import Physical, craft, predict
 from bench.threat import check_threat_model
 
+from conftest import cli_env
+
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin", "HOME": str(ROOT)}
+ENV = cli_env(ROOT)
 RANDOM = [name for name in transforms.TRANSFORMS if name not in ("identity", "quantize")]
 
 

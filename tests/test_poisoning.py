@@ -18,8 +18,10 @@ from bench.errors import BenchError
 from bench.poisoning import ATTACKS, FILTERS, attack_inputs, metrics, modified_indices
 from bench.poisoning.features import extract, features_fn
 
+from conftest import cli_env
+
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin", "HOME": str(ROOT)}
+ENV = cli_env(ROOT)
 CASES = [
     ("label_flip", dict(mode="random")),
     ("label_flip", dict(mode="pair", source=3)),

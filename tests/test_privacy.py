@@ -378,10 +378,10 @@ def test_killed_dp_run_resumes_to_the_same_params_epsilon_and_records(tmp_path):
     import subprocess
 
     import pandas as pd
-    from conftest import kill_at_first_checkpoint
+    from conftest import cli_env, kill_at_first_checkpoint
     from flax import serialization
 
-    env = {"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    env = cli_env(tmp_path)
     args, root = _dp_run(tmp_path / "reference", tmp_path / "ckpt_reference")
     out = subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stderr[-2000:]

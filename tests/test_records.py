@@ -22,8 +22,10 @@ from bench.contracts import Attack, Capabilities
 from bench.errors import BenchError
 from bench.evaluate import SuiteOutcome
 
+from conftest import cli_env
+
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin", "HOME": str(ROOT)}
+ENV = cli_env(ROOT)
 QUICK = ["debug=tiny", "suite.sanity=false", "progress=false"]
 
 

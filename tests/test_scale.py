@@ -19,7 +19,7 @@ from bench import checkpoint, evaluate, models, records, report, train
 from bench.attacks.pgd import pgd
 from bench.defenses import standard
 from bench.errors import BenchError
-from conftest import kill_at_first_checkpoint
+from conftest import cli_env, kill_at_first_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 # A small run that trains (3 epochs, 22 steps each), attacks (PGD) and certifies (IBP, CROWN) at two radii,
@@ -32,7 +32,7 @@ VOLATILE = ["run_id", "created", "seconds", "git_rev"]
 
 
 def _env(devices: int = 1) -> dict:
-    env = {"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin", "HOME": str(ROOT)}
+    env = cli_env(ROOT)
     if devices > 1:
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     return env

@@ -16,9 +16,11 @@ from hydra import compose, initialize_config_dir
 from bench.experiment import KeyStreams
 from bench.scenarios import SCENARIOS
 
+from conftest import cli_env
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
-ENV = {"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin", "HOME": str(ROOT)}
+ENV = cli_env(ROOT)
 
 TOY = '''"""A toy scenario: train the configured model, record its test accuracy."""
 

@@ -25,8 +25,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax_privacy.auditing import CanaryScoreAuditor
-from scipy import stats
-from sklearn.metrics import roc_auc_score
 
 from bench.errors import BenchError
 
@@ -60,6 +58,8 @@ def attack_metrics(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> d
     member_scores, nonmember_scores = np.asarray(member_scores, float), np.asarray(nonmember_scores, float)
     if member_scores.size == 0 or nonmember_scores.size == 0:
         raise BenchError("membership metrics need at least one member and one non-member")
+    from sklearn.metrics import roc_auc_score  # here: scikit-learn and scipy.stats would slow every CLI start
+
     auditor = CanaryScoreAuditor(member_scores, nonmember_scores)
     labels = np.r_[np.ones(member_scores.size), np.zeros(nonmember_scores.size)]
     out = {"auc": float(roc_auc_score(labels, np.r_[member_scores, nonmember_scores])),
@@ -98,6 +98,8 @@ def lira_scores(target_conf: np.ndarray, shadow_conf: np.ndarray, shadow_in: np.
     if shadow_conf.shape != shadow_in.shape or shadow_conf.shape[1:] != target_conf.shape:
         raise BenchError(f"LiRA shapes disagree: target {target_conf.shape}, shadows {shadow_conf.shape}, "
                          f"membership {shadow_in.shape}")
+    from scipy import stats
+
     mu_out, s_out = _fit(shadow_conf, ~shadow_in, fixed_variance)
     offline = stats.norm.logcdf(target_conf, mu_out, s_out)
     if not online:
