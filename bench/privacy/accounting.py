@@ -14,11 +14,15 @@ import enum
 import logging
 import math
 
-import dp_accounting
-
+from bench import lazy
 from bench.errors import BenchError
 
-NEIGHBOURING = dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
+dp_accounting = lazy.module("dp_accounting")  # imported on first use (bench/lazy.py)
+RELATION = "add_or_remove_one"  # the records' `relation`; `neighbouring()` is dp-accounting's value of it
+
+
+def neighbouring():
+    return dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
 
 
 class _RdpOrderNotice(logging.Filter):
@@ -70,8 +74,8 @@ def make_accountant(kind: str | Accountant) -> dp_accounting.PrivacyAccountant:
     except ValueError:
         raise BenchError(f"unknown accountant '{kind}'; use one of {[a.value for a in Accountant]}") from None
     if kind == Accountant.RDP:
-        return dp_accounting.rdp.RdpAccountant(neighboring_relation=NEIGHBOURING)
-    return dp_accounting.pld.PLDAccountant(neighboring_relation=NEIGHBOURING)
+        return dp_accounting.rdp.RdpAccountant(neighboring_relation=neighbouring())
+    return dp_accounting.pld.PLDAccountant(neighboring_relation=neighbouring())
 
 
 def epsilon(event: dp_accounting.DpEvent, delta: float, kind: str | Accountant) -> float:

@@ -18,9 +18,11 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from jax_privacy.auditing import CanaryScoreAuditor
 
+from bench import lazy
 from bench.errors import BenchError
+
+jax_privacy = lazy.module("jax_privacy")  # imported on first use (bench/lazy.py)
 
 
 class Canaries(NamedTuple):
@@ -47,7 +49,7 @@ def audit(canary_losses: np.ndarray, included: np.ndarray, delta: float, signifi
     included = np.asarray(included, bool)
     if included.all() or not included.any():
         raise BenchError("the audit needs both included and excluded canaries; use more canaries")
-    auditor = CanaryScoreAuditor(scores[included], scores[~included])
+    auditor = jax_privacy.auditing.CanaryScoreAuditor(scores[included], scores[~included])
     return {
         "epsilon_lower_bound": float(auditor.epsilon_one_run(significance, delta)),
         "epsilon_clopper_pearson": float(auditor.epsilon_clopper_pearson(significance, delta)),

@@ -41,11 +41,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax_privacy import batch_selection, clipped_grad
-from jax_privacy.noise_addition import gaussian_privatizer
-
+from bench import lazy
 from bench.errors import BenchError
 from bench.privacy import accounting
+
+jax_privacy = lazy.module("jax_privacy")  # imported on first use (bench/lazy.py)
 
 
 class DpPlan(NamedTuple):
@@ -135,8 +135,9 @@ def clipped_value_and_grad(clip_norm: float, microbatch_size: int | None = 1) ->
     microbatch_size = None if microbatch_size is None else int(microbatch_size)
 
     def transform(objective):
-        clipped = clipped_grad(objective, argnums=0, has_aux=True, l2_clip_norm=clip_norm, batch_argnums=1,
-                               return_values=True, prng_argnum=2, microbatch_size=microbatch_size)
+        clipped = jax_privacy.clipped_grad(objective, argnums=0, has_aux=True, l2_clip_norm=clip_norm,
+                                           batch_argnums=1, return_values=True, prng_argnum=2,
+                                           microbatch_size=microbatch_size)
 
         def value_and_grad(params, batch, key, step, is_padding):
             size = is_padding.shape[0]
@@ -161,7 +162,8 @@ def dp_optimizer(optimizer: optax.GradientTransformation, *, clip_norm: float, n
     The noise key lives in the optimizer state (jax_privacy's privatizer), so
     `init` with another key gives independent noise and the same `update`.
     """
-    return optax.chain(gaussian_privatizer(stddev=noise_multiplier * clip_norm, prng_key=key),
+    privatizer = jax_privacy.noise_addition.gaussian_privatizer
+    return optax.chain(privatizer(stddev=noise_multiplier * clip_norm, prng_key=key),
                        optax.scale(1.0 / expected_batch_size), optimizer)
 
 
@@ -184,8 +186,9 @@ class PoissonSampler:
 
         largest = int(binom.isf(float(overflow), self.n, float(q))) + 1 if overflow > 0 else 0
         self.batch_shape = max(1, math.ceil(largest / self.pad_multiple)) * self.pad_multiple
-        self.strategy = batch_selection.CyclicPoissonSampling(
-            sampling_prob=float(q), iterations=int(steps), partition_type=batch_selection.PartitionType.INDEPENDENT)
+        selection = jax_privacy.batch_selection
+        self.strategy = selection.CyclicPoissonSampling(
+            sampling_prob=float(q), iterations=int(steps), partition_type=selection.PartitionType.INDEPENDENT)
         self._position = 0  # batches handed out so far, in the order of the whole sequence
         self._batches = None
 

@@ -24,9 +24,11 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax_privacy.auditing import CanaryScoreAuditor
 
+from bench import lazy
 from bench.errors import BenchError
+
+jax_privacy = lazy.module("jax_privacy")  # imported on first use (bench/lazy.py)
 
 FPRS = {"tpr_at_0.1%_fpr": 0.001, "tpr_at_1%_fpr": 0.01}
 
@@ -60,7 +62,7 @@ def attack_metrics(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> d
         raise BenchError("membership metrics need at least one member and one non-member")
     from sklearn.metrics import roc_auc_score  # here: scikit-learn and scipy.stats would slow every CLI start
 
-    auditor = CanaryScoreAuditor(member_scores, nonmember_scores)
+    auditor = jax_privacy.auditing.CanaryScoreAuditor(member_scores, nonmember_scores)
     labels = np.r_[np.ones(member_scores.size), np.zeros(nonmember_scores.size)]
     out = {"auc": float(roc_auc_score(labels, np.r_[member_scores, nonmember_scores])),
            "balanced_accuracy": float(auditor.max_accuracy(prevalence=0.5))}

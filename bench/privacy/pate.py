@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import math
 
-import dp_accounting
 import jax
 import numpy as np
 
+from bench import lazy
 from bench.errors import BenchError
+
+dp_accounting = lazy.module("dp_accounting")
 
 
 def teacher_partitions(n: int, num_teachers: int, rng: np.random.Generator) -> np.ndarray:
