@@ -15,8 +15,9 @@ from conftest import cli_env
 from bench.errors import BenchError
 
 ROOT = Path(__file__).resolve().parents[1]
+# The sanity checks would double these runs' time; tests/test_attack_suite.py covers them in-process.
 TINY = ["dataset=digits", "train.epochs=2", "train.batch_size=64", "suite.eps=[0.05,0.1]", "suite.n_examples=64",
-        "suite.attacks.pgd.steps=5", "progress=false"]
+        "suite.attacks.pgd.steps=5", "suite.sanity=false", "progress=false"]
 
 
 def _bench(*args, cwd=ROOT):
@@ -113,7 +114,8 @@ def test_report_on_missing_records_is_a_clear_error(tmp_path, capsys):
 def test_certified_suite_shows_the_sandwich(tmp_path):
     """clean >= empirical robust (attacks) >= certified (IBP, CROWN), per epsilon, and no soundness failure."""
     out = _bench("dataset=digits", "suite=certified", "suite.eps=[0.01,0.05]", "suite.n_examples=64",
-                 "suite.attacks.pgd.steps=10", "train.epochs=3", "progress=false", f"hydra.run.dir={tmp_path}")
+                 "suite.attacks.pgd.steps=10", "train.epochs=3", "suite.sanity=false", "progress=false",
+                 f"hydra.run.dir={tmp_path}")
     assert out.returncode == 0, out.stderr[-2000:]
     frame = pd.read_parquet(tmp_path / records.RECORDS_FILE)
     assert frame.loc[frame.evaluator == "soundness", "value"].tolist() == [0.0]
