@@ -48,13 +48,31 @@ def digits_data():
 
 
 @pytest.fixture(scope="session")
-def trained_digits(digits_data):
-    """(logits_fn, params, x_test, y_test) for a standard cnn_small trained 15 epochs on digits (~97% clean)."""
+def trained_digits(digits_data, tmp_path_factory):
+    """(logits_fn, params, x_test, y_test) for a standard cnn_small trained 15 epochs on digits (~97% clean).
+
+    Under pytest-xdist the first worker to need it trains it and the others load its parameters (a file in
+    this session's temporary folder, behind a lock)."""
+    from filelock import FileLock
+    from flax import serialization
+
     d = digits_data
     model = models.cnn_small(d.num_classes, d.mean, d.std)
     logits_fn = models.make_logits_fn(model)
     params = models.init_params(model, jax.random.key(0), d.image_shape)
-    opt = train.make_optimizer("adam", 3e-3, "cosine", 15 * train.steps_per_epoch(len(d.y_train), 64))
-    params, _ = train.train(standard(logits_fn), params, opt, d.x_train, d.y_train, epochs=15, batch_size=64,
-                            key=jax.random.key(1), progress=False)
-    return logits_fn, params, d.x_test, d.y_test
+
+    def fit():
+        opt = train.make_optimizer("adam", 3e-3, "cosine", 15 * train.steps_per_epoch(len(d.y_train), 64))
+        return train.train(standard(logits_fn), params, opt, d.x_train, d.y_train, epochs=15, batch_size=64,
+                           key=jax.random.key(1), progress=False)[0]
+
+    if "PYTEST_XDIST_WORKER" not in os.environ:  # one process: nothing to share
+        return logits_fn, fit(), d.x_test, d.y_test
+    shared = tmp_path_factory.getbasetemp().parent / "trained_digits.msgpack"  # this session's, all workers'
+    with FileLock(f"{shared}.lock"):
+        if shared.is_file():
+            trained = serialization.from_bytes(params, shared.read_bytes())
+        else:
+            trained = fit()
+            shared.write_bytes(serialization.to_bytes(trained))
+    return logits_fn, trained, d.x_test, d.y_test
