@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test env report peers clean
+.PHONY: run test test-fast env report peers clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# While developing: everything but the end-to-end runs marked slow (make test, which CI runs, includes them).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
 
 report: $(STAMP)
 	$(BIN)/python -m bench.report results/runs --out results

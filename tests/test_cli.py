@@ -27,6 +27,7 @@ def _bench(*args, cwd=ROOT):
                           timeout=300, env=cli_env(ROOT))
 
 
+@pytest.mark.slow
 def test_sweep_writes_records_and_report_rebuilds_table(tmp_path):
     out = _bench("-m", "model=mlp,cnn_small", *TINY, f"hydra.sweep.dir={tmp_path}")
     assert out.returncode == 0, out.stderr[-2000:]
@@ -111,6 +112,7 @@ def test_report_on_missing_records_is_a_clear_error(tmp_path, capsys):
     assert "no records.parquet" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_certified_suite_shows_the_sandwich(tmp_path):
     """clean >= empirical robust (attacks) >= certified (IBP, CROWN), per epsilon, and no soundness failure."""
     out = _bench("dataset=digits", "suite=certified", "suite.eps=[0.01,0.05]", "suite.n_examples=64",
@@ -135,6 +137,7 @@ def test_read_only_results_folder_is_a_clear_error(tmp_path):
         tmp_path.chmod(0o755)
 
 
+@pytest.mark.slow
 def test_a_second_run_of_the_same_config_compiles_nothing_new(tmp_path):
     """The CLI's persistent compilation cache: the first run stores executables, the same run again adds none."""
     cache = tmp_path / "cache"

@@ -150,6 +150,7 @@ def test_destruction_rate_is_kurakins_formula():
         assert 0 <= d <= 1 and 0 <= s <= 1
 
 
+@pytest.mark.slow
 def test_the_scenario_runs_end_to_end_and_writes_records_and_the_picture(tmp_path):
     run_dir = tmp_path / "run"
     out = subprocess.run(

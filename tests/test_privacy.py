@@ -286,6 +286,7 @@ def test_audit_bound_and_invariant():
     assert blind["epsilon_lower_bound"] < 0.5
 
 
+@pytest.mark.slow
 def test_privacy_run_records_the_epsilon_dp_accounting_gives(tmp_path):
     """End to end on digits: the recorded epsilons are dp-accounting's for the recorded events; audit <= epsilon."""
     from pathlib import Path
@@ -373,6 +374,7 @@ def _dp_records(run_dir):
     return frame.sort_values(["evaluator", "metric"]).reset_index(drop=True)
 
 
+@pytest.mark.slow
 def test_killed_dp_run_resumes_to_the_same_params_epsilon_and_records(tmp_path):
     """The Poisson sampler's position comes back from the step, the noise key from the optimizer state."""
     import subprocess

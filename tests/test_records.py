@@ -211,6 +211,7 @@ def test_black_box_check_sees_every_evaluated_example():
 
 # ---- runs: a folder each, sweeps that survive a bad job, loaded models that are the trained ones ----------------
 
+@pytest.mark.slow
 def test_four_runs_started_at_once_get_four_folders(tmp_path):
     light = [*QUICK, "suite.n_examples=16", "suite.attacks.pgd.steps=2", "dataset.n_test=16"]
     procs = [subprocess.Popen([sys.executable, "-m", "bench", *light, f"seed={10 + i}"], cwd=tmp_path,
@@ -228,6 +229,7 @@ def test_four_runs_started_at_once_get_four_folders(tmp_path):
     assert frame.run_id.nunique() == 4 and report.evasion_table(frame).seeds.sum() == 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["basic", "laptop"])
 def test_a_failing_job_does_not_take_the_sweep_with_it(launcher, tmp_path):
     # dataset.n_train=1 cannot fill a batch of 64: that job fails after data loading, the others finish
@@ -243,6 +245,7 @@ def test_a_failing_job_does_not_take_the_sweep_with_it(launcher, tmp_path):
     assert "job 0 (" in out.stderr and "dataset.n_train=1" in out.stderr and "exceeds the 1 training" in out.stderr
 
 
+@pytest.mark.slow
 def test_loaded_params_reproduce_the_trained_model_on_other_data(tmp_path):
     """The normalization constants travel with the parameters; evaluating needs no training settings."""
     out = _bench(*QUICK, f"hydra.run.dir={tmp_path / 'trained'}")

@@ -69,12 +69,14 @@ def reference_run(tmp_path_factory):
     return base / "run", time.perf_counter() - started
 
 
+@pytest.mark.slow
 def test_same_config_and_seed_give_identical_records(reference_run, tmp_path):
     _bench(tmp_path / "run", tmp_path / "ckpt")
     pd.testing.assert_frame_equal(_results(reference_run[0]), _results(tmp_path / "run"))
     assert all(np.array_equal(a, b) for a, b in zip(_params(reference_run[0]), _params(tmp_path / "run")))
 
 
+@pytest.mark.slow
 def test_two_devices_give_the_same_records(reference_run, tmp_path):
     """Batches split over 2 simulated CPU devices: the gradient mean becomes an all-reduce, so parameters may
     differ in the last bits (tolerance 1e-4); accuracies may differ by at most one example in 128."""
@@ -87,6 +89,7 @@ def test_two_devices_give_the_same_records(reference_run, tmp_path):
         np.testing.assert_allclose(a, b, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_kill_and_rerun_resumes_to_the_same_result(reference_run, tmp_path):
     """SIGKILL once the first checkpoint exists, rerun the same command: it resumes at the checkpoint's step and
     ends with bit-identical parameters and the same records as the run that was never interrupted."""
@@ -181,6 +184,7 @@ SWEEP = ["dataset=digits", "model=mlp", "train.epochs=1", "suite=pgd", "suite.ep
          "suite.attacks.pgd.steps=5", "suite.sanity=false", "progress=false"]
 
 
+@pytest.mark.slow
 def test_joblib_sweep_of_8_jobs_loses_no_record(tmp_path):
     """8 jobs, 2 at a time, one sweep folder; two of them identical (seed 6 twice): 8 intact records files,
     no temporary files left, and the report counts the identical pair once."""
@@ -197,6 +201,7 @@ def test_joblib_sweep_of_8_jobs_loses_no_record(tmp_path):
     assert table.seeds.tolist() == [7]
 
 
+@pytest.mark.slow
 def test_submitit_local_launcher_runs_the_cluster_path(tmp_path):
     out = subprocess.run([sys.executable, "-m", "bench", "-m", "hydra/launcher=slurm_local", "seed=0", *SWEEP,
                           f"hydra.sweep.dir={tmp_path / 'sweep'}", f"checkpoint.dir={tmp_path / 'ckpt'}"],

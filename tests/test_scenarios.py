@@ -11,6 +11,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pandas as pd
+import pytest
 from hydra import compose, initialize_config_dir
 
 from bench.experiment import KeyStreams
@@ -155,6 +156,7 @@ def test_key_streams_are_independent_by_purpose():
     np.testing.assert_array_equal(b.rng("canaries").random(4), draws["canaries"])  # a stream is a function of its name
 
 
+@pytest.mark.slow
 def test_certify_cli_labels_and_hashes_a_run_as_the_run_did(tmp_path):
     """python -m bench.certify uses the shared setup: the run's labels and stable config hash."""
     run = tmp_path / "run"

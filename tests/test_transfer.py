@@ -93,6 +93,7 @@ SMALL_MATRIX = ["scenario=transfer", "suite=fgsm_pgd", "suite.eps=[0.1]", "suite
                 "scenario.use=[a,b,logreg,tree,ab]", "scenario.targeted=true", "scenario.pictures=true"]
 
 
+@pytest.mark.slow
 def test_transfer_matrix_cells_diagonal_and_ensembles(tmp_path):
     scenario, exp = _experiment(tmp_path, SMALL_MATRIX)
     frame = finish(exp, scenario, scenario.run(exp))
@@ -133,6 +134,7 @@ BLACKBOX_DIGITS = ["scenario=blackbox", "suite=fgsm", "suite.eps=[0.2]", "scenar
                    "scenario.substitute.batch_size=32", "scenario.substitute.epochs=2", "scenario.pictures=false"]
 
 
+@pytest.mark.slow
 def test_substitute_training_is_deterministic_for_a_seed(tmp_path):
     results = []
     for run in ("one", "two"):
@@ -158,6 +160,7 @@ def test_an_exceeded_query_budget_keeps_the_rounds_done(tmp_path):
     assert (tmp_path / "records.parquet").exists()  # written before the run failed
 
 
+@pytest.mark.slow
 def test_papernot_blackbox_reaches_cleverhans_thresholds_on_mnist5k(tmp_path):
     """cleverhans' test of its mnist_blackbox tutorial: oracle > 0.7, substitute > 0.7, oracle accuracy on the
     transferred FGSM examples (eps 0.3) < 0.3; here with 150 seeds and 6 rounds on mnist5k, at small scale
