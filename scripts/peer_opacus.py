@@ -50,7 +50,7 @@ import torch
 from bench import data as bench_data
 from bench import evaluate, models
 from bench.defenses import standard
-from bench.privacy import dp_sgd
+from bench.privacy import dp_sgd, ghost
 from bench.privacy import accounting
 from torch_twins import copy_flax_to_torch, to_nchw, torch_cnn_small
 
@@ -72,12 +72,18 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def ours(params, logits_fn, objective, x_train, y_train, *, q, steps_per_epoch, steps, clip, sigma, lr, seed):
-    """Our DP-SGD, one epoch per `next()`: yields (params, per-step seconds of that epoch, steps so far)."""
+def ours(params, logits_fn, objective, x_train, y_train, *, q, steps_per_epoch, steps, clip, sigma, lr, seed,
+         clipping="per_example", module=None):
+    """Our DP-SGD, one epoch per `next()`: yields (params, per-step seconds of that epoch, steps so far).
+    `clipping`: "per_example" (jax-privacy's clipped_grad) or "ghost" (bench/privacy/ghost.py, on `module`: what
+    `scenario=privacy` uses for cnn_small by default; the same clipped sum, tests/test_privacy.py)."""
     n = len(y_train)
     optimizer = dp_sgd.dp_optimizer(optax.adam(lr), clip_norm=clip, noise_multiplier=sigma,
                                     expected_batch_size=q * n, key=jax.random.key(seed + 1))
-    value_and_grad = dp_sgd.clipped_value_and_grad(clip)(objective)
+    if clipping == "ghost":
+        value_and_grad = ghost.ghost_value_and_grad(module, clip)(objective)
+    else:
+        value_and_grad = dp_sgd.clipped_value_and_grad(clip)(objective)
 
     @jax.jit
     def train_step(params, opt_state, x, y, is_padding, key, step):  # as bench.train.train builds it
@@ -168,21 +174,28 @@ def main(argv=None) -> int:
 
     a = ours(params, logits_fn, standard(logits_fn), x_train, y_train, q=q, steps_per_epoch=steps_per_epoch,
              steps=steps, clip=args.clip, sigma=args.sigma, lr=args.lr, seed=args.seed)
+    g = ours(params, logits_fn, standard(logits_fn), x_train, y_train, q=q, steps_per_epoch=steps_per_epoch,
+             steps=steps, clip=args.clip, sigma=args.sigma, lr=args.lr, seed=args.seed, clipping="ghost",
+             module=model)
     b = theirs(net, x_train, y_train, batch_size=args.batch_size, clip=args.clip, sigma=args.sigma, lr=args.lr,
                epochs=args.epochs, seed=args.seed)
-    our_times, their_times = [], []
+    our_times, ghost_times, their_times = [], [], []
     load_before = os.getloadavg()
     for epoch in range(args.epochs):  # interleaved epoch by epoch
         params, t, our_steps = next(a)
         our_times += t
+        ghost_params, t, _ = next(g)
+        ghost_times += t
         net, engine, t = next(b)
         their_times += t
-        print(f"epoch {epoch + 1}: ours {np.median(our_times[args.warmup:]) * 1e3:.1f} ms/step, "
+        print(f"epoch {epoch + 1}: ours {np.median(our_times[args.warmup:]) * 1e3:.1f} ms/step, ghost "
+              f"{np.median(ghost_times[args.warmup:]) * 1e3:.1f} ms/step, "
               f"opacus {np.median(their_times[args.warmup:]) * 1e3:.1f} ms/step", flush=True)
     load_after = os.getloadavg()
     their_steps = sum(n_steps for _, _, n_steps in engine.accountant.history)
     their_q = engine.accountant.history[0][1]
     ours_ms = statistics.median(our_times[args.warmup:]) * 1e3
+    ghost_ms = statistics.median(ghost_times[args.warmup:]) * 1e3
     theirs_ms = statistics.median(their_times[args.warmup:]) * 1e3
 
     event = accounting.dpsgd_event(q, args.sigma, our_steps)
@@ -195,6 +208,7 @@ def main(argv=None) -> int:
         acc.history = list(engine.accountant.history)
         eps_theirs[name] = float(acc.get_epsilon(delta=args.delta))
     acc_ours = evaluate.accuracy(logits_fn, params, data.x_test, data.y_test)
+    acc_ghost = evaluate.accuracy(logits_fn, ghost_params, data.x_test, data.y_test)
     acc_theirs = torch_accuracy(net, data.x_test, data.y_test)
 
     def version(name):
@@ -219,12 +233,18 @@ def main(argv=None) -> int:
         f"{args.epochs} epochs, the same initial weights; step time = median over steps after the first "
         f"{args.warmup} (data fetch, forward, per-example gradients, clipping, noise, update).",
         "",
-        "| | ours (jax-privacy) | Opacus | ours / Opacus |",
-        "|---|---:|---:|---:|",
-        f"| ms per step | {ours_ms:.1f} | {theirs_ms:.1f} | {ours_ms / theirs_ms:.2f} |",
-        f"| steps taken | {our_steps} | {their_steps} | |",
-        f"| sampling rate q | {q:.6g} | {their_q:.6g} | |",
-        f"| test accuracy (1,000 images) | {100 * acc_ours:.1f}% | {100 * acc_theirs:.1f}% | |",
+        "Ours twice, interleaved with Opacus: jax-privacy's per-example clipping, and the ghost-norm path "
+        "(bench/privacy/ghost.py) that `scenario=privacy` picks for cnn_small (`scenario.dp.clipping=auto`).",
+        "",
+        "| | ours, per-example (jax-privacy) | ours, ghost norms | Opacus (per-sample hooks) | per-example / Opacus "
+        "| ghost / Opacus |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| ms per step | {ours_ms:.1f} | {ghost_ms:.1f} | {theirs_ms:.1f} | {ours_ms / theirs_ms:.2f} "
+        f"| {ghost_ms / theirs_ms:.2f} |",
+        f"| steps taken | {our_steps} | {our_steps} | {their_steps} | | |",
+        f"| sampling rate q | {q:.6g} | {q:.6g} | {their_q:.6g} | | |",
+        f"| test accuracy (1,000 images) | {100 * acc_ours:.1f}% | {100 * acc_ghost:.1f}% | {100 * acc_theirs:.1f}% "
+        "| | |",
         "",
         f"Epsilon at delta = {args.delta:g} for these steps (add-or-remove-one neighbours):",
         "",
