@@ -29,6 +29,8 @@ from bench.errors import BenchError
 from bench.sweep import record_failure
 from bench.experiment import finish, prepare
 
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")  # absolute: `cli()` also runs from an import
+
 
 def _bad_input(err: BaseException) -> str | None:
     """The one-line message for bad input anywhere in an exception chain (Hydra wraps errors from targets)."""
@@ -99,8 +101,7 @@ def _adds_group(override: str) -> bool:
     """`+experiment=...`, `+attack@...`: a config group, which Hydra checks itself (and which later overrides may
     need: `+experiment=X defense.warmup_steps=3` is only valid with the experiment in)."""
     key = override.lstrip("+").split("=")[0]
-    conf = Path(__file__).resolve().parent.parent / "conf"
-    return "@" in key or "/" in key or ("." not in key and (conf / key).is_dir())
+    return "@" in key or "/" in key or ("." not in key and (Path(CONF_DIR) / key).is_dir())
 
 
 def _unknown_added_key(cfg, without, override: str) -> str | None:
@@ -167,9 +168,6 @@ def _check_overrides(args: list[str]) -> str | None:
         return ("; ".join(dict.fromkeys(keep)).replace(":;", ":") + where
                 + " (`python -m bench --help` lists the options)")
     return None
-
-
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")  # absolute: `cli()` also runs from an import
 
 
 @hydra.main(version_base=None, config_path=CONF_DIR, config_name="config")

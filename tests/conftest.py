@@ -19,13 +19,12 @@ from bench import data, models, train
 from bench.defenses import standard
 
 
-def cli_env(home, **extra) -> dict:
+def cli_env(home) -> dict:
     """The environment of a `python -m bench` subprocess in a test: CPU, a bare PATH, `home` as HOME, and this
     session's compilation cache with every compilation kept (the resume and determinism tests rerun one config,
     so their later runs load executables instead of compiling them; an executable gives the same numbers)."""
     return {"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin", "HOME": str(home),
-            "BENCH_JAX_CACHE": os.environ["BENCH_JAX_CACHE"], "BENCH_JAX_CACHE_MIN_SECONDS": "0",
-            **{k: str(v) for k, v in extra.items()}}
+            "BENCH_JAX_CACHE": os.environ["BENCH_JAX_CACHE"], "BENCH_JAX_CACHE_MIN_SECONDS": "0"}
 
 
 def kill_at_first_checkpoint(args, cwd, env, ckpt, timeout: float = 300) -> None:

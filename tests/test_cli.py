@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from bench import records, report
-from conftest import cli_env
 from bench.errors import BenchError
+from conftest import cli_env
 
 ROOT = Path(__file__).resolve().parents[1]
 # The sanity checks would double these runs' time; tests/test_attack_suite.py covers them in-process.

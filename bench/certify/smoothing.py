@@ -67,12 +67,12 @@ def clopper_pearson_lower(successes, trials, alpha: float) -> np.ndarray:
 
 def certify_from_counts(counts_select, counts_estimate, sigma: float, alpha: float) -> SmoothingResult:
     """CERTIFY's decision from the selection counts (n0 draws) and estimation counts (n draws), on the host."""
+    from scipy import stats
+
     counts_select, counts_estimate = np.asarray(counts_select), np.asarray(counts_estimate)
     top = counts_select.argmax(axis=1)
     n = counts_estimate.sum(axis=1)
     n_top = counts_estimate[np.arange(len(top)), top]
-    from scipy import stats
-
     p_lower = clopper_pearson_lower(n_top, n, alpha)
     certified = p_lower > 0.5
     radius = np.where(certified, sigma * stats.norm.ppf(np.where(certified, p_lower, 0.75)), 0.0)

@@ -18,10 +18,10 @@ from bench import lazy
 from bench.errors import BenchError
 
 dp_accounting = lazy.module("dp_accounting")  # imported on first use (bench/lazy.py)
-RELATION = "add_or_remove_one"  # the records' `relation`; `neighbouring()` is dp-accounting's value of it
 
 
 def neighbouring():
+    """The neighbouring relation every accountant here uses (a function: reading it imports dp-accounting)."""
     return dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
 
 

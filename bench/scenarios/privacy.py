@@ -214,7 +214,7 @@ class Privacy:
 
         epsilon_spent = float("inf")
         delta = accounting.default_delta(len(y_fit))
-        relation = accounting.RELATION
+        relation = accounting.neighbouring().name.lower()
         if method == "dp_sgd":
             steps, delta = sampler.steps_taken, plan.delta
             event = accounting.dpsgd_event(plan.q, plan.noise_multiplier, steps)
