@@ -33,6 +33,18 @@ from bench.errors import BenchError
 _HALVINGS = jnp.asarray([10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000])
 
 
+def _row_sums(v):
+    """Each example's sum over its pixels, as a matmul with a vector of ones. Inside the search loop XLA:CPU runs
+    `jnp.sum(v, axis=(1, 2, 3))` at a small fraction of its matmul rate: at batch 100 of 28x28 images it was 0.6 of
+    the 0.7 ms that one iteration costs on top of the model's forward pass (a probe with a linear model)."""
+    flat = v.reshape(v.shape[0], -1)
+    return flat @ jnp.ones((flat.shape[1],), v.dtype)
+
+
+def _row_norms(v):
+    return jnp.sqrt(_row_sums(v * v))
+
+
 def _fraction(i, p_init):
     """Share of the image a square covers at iteration i."""
     return p_init / 2.0 ** jnp.sum(i > _HALVINGS)
@@ -74,7 +86,7 @@ def square_core(logits_fn, params, x, y, key, eps, p_init, *, norm: Norm, n_quer
         signs = jax.random.rademacher(k_s, (n, 1, 1, c), dtype=x.dtype)
         delta = x_cur - x
         first = jnp.clip(x + jnp.where(inside, eps * signs, delta), 0.0, 1.0)
-        unchanged = jnp.sum(jnp.abs(first - x_cur), axis=(1, 2, 3)) < 1e-7
+        unchanged = _row_sums(jnp.abs(first - x_cur)) < 1e-7
         flipped = jnp.clip(x + jnp.where(inside, -eps * signs, delta), 0.0, 1.0)
         return jnp.where(broadcast_rows(unchanged, x), flipped, first)
 
@@ -84,10 +96,10 @@ def square_core(logits_fn, params, x, y, key, eps, p_init, *, norm: Norm, n_quer
         other, _ = window(k_2, size)
         delta = x_cur - x
         both = inside | other
-        spare = jnp.maximum(eps ** 2 - flat_norm(delta, norm) ** 2, 0.0)
-        mass = jnp.sqrt(jnp.sum(jnp.where(both, delta, 0.0) ** 2, axis=(1, 2, 3)) + spare)
+        spare = jnp.maximum(eps ** 2 - _row_sums(delta * delta), 0.0)
+        mass = jnp.sqrt(_row_sums(jnp.where(both, delta, 0.0) ** 2) + spare)
         pattern = jnp.where(inside, 1.0 / (dist + 1.0) ** 2, 0.0) * jax.random.rademacher(k_s, (n, 1, 1, c), x.dtype)
-        pattern = pattern * broadcast_rows(mass / jnp.maximum(flat_norm(pattern, norm), 1e-12), x)
+        pattern = pattern * broadcast_rows(mass / jnp.maximum(_row_norms(pattern), 1e-12), x)
         return project(x, x + jnp.where(both, 0.0, delta) + pattern, norm, eps)
 
     candidate = candidate_linf if norm == Norm.LINF else candidate_l2
