@@ -91,7 +91,9 @@ def ours(params, logits_fn, objective, x_train, y_train, *, q, steps_per_epoch, 
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss, aux
 
-    sampler = dp_sgd.PoissonSampler(n, q, steps, steps_per_epoch)
+    # as scenario=privacy builds it: one fixed shape on the per-example path, each batch's next multiple of 32
+    # with ghost clipping (whose cost grows with the padding)
+    sampler = dp_sgd.PoissonSampler(n, q, steps, steps_per_epoch, fixed_shape=clipping != "ghost")
     rng = np.random.default_rng(seed)
     opt_state, step, key = optimizer.init(params), 0, jax.random.key(seed + 2)
     epoch = 0

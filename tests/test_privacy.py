@@ -177,6 +177,19 @@ def test_poisson_sampler_pads_and_counts_steps():
     assert 35 < np.mean(sizes) < 65  # expected 50
 
 
+def test_poisson_sampler_without_a_fixed_shape_pads_each_batch_to_its_next_multiple():
+    """The ghost path's padding: the same batches as with a fixed shape, each padded only to its next multiple."""
+    rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
+    fixed = dp_sgd.PoissonSampler(1000, 0.05, steps=20, steps_per_epoch=20, pad_multiple=16)(0, lambda e: rng_a)
+    tight = dp_sgd.PoissonSampler(1000, 0.05, steps=20, steps_per_epoch=20, pad_multiple=16,
+                                  fixed_shape=False)(0, lambda e: rng_b)
+    for a, b in zip(fixed, tight, strict=True):
+        real = b[b >= 0]
+        np.testing.assert_array_equal(a[a >= 0], real)  # the same examples: only the padding differs
+        assert b.size % 16 == 0 and len(real) <= b.size < len(real) + 16 and np.all(b[len(real):] == -1)
+    assert max(b.size for b in tight) < fixed[0].size  # less padding than the fixed shape (which is > 80)
+
+
 def test_a_run_resumed_after_its_training_finished_still_counts_every_step(tmp_path):
     """The accountant composes `steps_taken`: a rerun that finds the final checkpoint trains nothing, never calls
     the sampler, and must still report all the steps, not 0 (a CI run crashed in the accountant on this)."""

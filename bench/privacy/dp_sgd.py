@@ -12,8 +12,11 @@ around any defense objective `(params, batch, key, step) -> (loss, aux)`:
 - `PoissonSampler`: the `sampler` hook; Poisson batches of
   `jax_privacy.batch_selection.CyclicPoissonSampling` (each example joins each
   step independently with probability q), padded with -1 to a multiple of
-  `pad_multiple`, and at least to a size that a Poisson batch exceeds with
-  probability below 1e-6, so that the training step compiles once.
+  `pad_multiple`, and (`fixed_shape=True`, for the per-example path, where
+  padding costs nothing) at least to a size that a Poisson batch exceeds with
+  probability below 1e-6, so that the training step compiles once; the ghost
+  path, whose cost grows with the padded batch, takes the next multiple only
+  (a few shapes, each compiled once).
 
 Speed on XLA:CPU (scripts/dp_speed.py, results/dp_speed.md): with the whole
 batch vmapped at once (`microbatch_size=None`), jax-privacy materialises every
@@ -170,22 +173,27 @@ def dp_optimizer(optimizer: optax.GradientTransformation, *, clip_norm: float, n
 class PoissonSampler:
     """The `sampler` hook of `bench.train.train`: Poisson batches, `steps_per_epoch` per call, -1 as padding.
 
-    Every batch is padded to `batch_shape` (a multiple of `pad_multiple` that a
-    Poisson batch exceeds with probability below `overflow`), so the training
-    step compiles once; a rarer larger batch is padded to the next multiple of
-    `pad_multiple` (never truncated: that would break the accounting). Counts
-    the steps it handed out (`steps_taken`), which is what the accountant composes.
+    With `fixed_shape` every batch is padded to `batch_shape` (a multiple of
+    `pad_multiple` that a Poisson batch exceeds with probability below
+    `overflow`), so the training step compiles once; a rarer larger batch is
+    padded to the next multiple of `pad_multiple` (never truncated: that would
+    break the accounting). Without it every batch goes to its own next multiple
+    of `pad_multiple`: for a step whose cost grows with the padding (ghost
+    clipping), a few shapes and less padding (at q*n = 250: 256 or 288 rows
+    instead of 352). Which shapes occur depends on the batch sizes, not on which
+    examples were drawn. Counts the steps it handed out (`steps_taken`), which
+    is what the accountant composes.
     """
 
     def __init__(self, n: int, q: float, steps: int, steps_per_epoch: int, pad_multiple: int = 32,
-                 overflow: float = 1e-6):
+                 overflow: float = 1e-6, fixed_shape: bool = True):
         if int(pad_multiple) < 1:
             raise BenchError(f"pad_multiple must be >= 1, got {pad_multiple}")
         self.n, self.steps, self.steps_per_epoch, self.pad_multiple = int(n), int(steps), int(steps_per_epoch), int(pad_multiple)
         from scipy.stats import binom
 
         largest = int(binom.isf(float(overflow), self.n, float(q))) + 1 if overflow > 0 else 0
-        self.batch_shape = max(1, math.ceil(largest / self.pad_multiple)) * self.pad_multiple
+        self.batch_shape = max(1, math.ceil(largest / self.pad_multiple)) * self.pad_multiple if fixed_shape else 0
         selection = jax_privacy.batch_selection
         self.strategy = selection.CyclicPoissonSampling(
             sampling_prob=float(q), iterations=int(steps), partition_type=selection.PartitionType.INDEPENDENT)
@@ -213,7 +221,7 @@ class PoissonSampler:
         out = []
         for idx in itertools.islice(self._batches, self.steps_per_epoch):
             idx = np.asarray(idx, np.int64)
-            size = max(self.batch_shape, math.ceil(idx.size / self.pad_multiple) * self.pad_multiple)
+            size = max(self.batch_shape, self.pad_multiple, math.ceil(idx.size / self.pad_multiple) * self.pad_multiple)
             out.append(np.concatenate([idx, np.full(size - idx.size, -1, np.int64)]))  # an empty step still adds noise
         self._position += len(out)
         return out

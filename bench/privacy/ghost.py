@@ -4,9 +4,11 @@ For a layer z = a W + b (a Dense layer, or a convolution written as patches P ti
 example i's gradient of its loss with respect to W is a_i^T g_i, where g_i = d loss_i / d z_i is the
 gradient at the layer's output (Goodfellow 2015, "Efficient per-example gradient computations"):
 - its squared norm is |a_i|^2 |g_i|^2 for a Dense layer, and |P_i^T G_i|_F^2 for a convolution (T output
-  positions, K = kh*kw*C inputs, F filters), computed as sum_{t,t'} (P_i P_i^T)_{tt'} (G_i G_i^T)_{tt'} when
-  T^2 < K*F (Li et al. 2022, "Large language models can be strong differentially private learners") and
-  from the K x F gradient itself otherwise; the bias adds |sum_t G_i|^2;
+  positions, K = kh*kw*C inputs, F filters), computed as sum_{t,t'} (P_i P_i^T)_{tt'} (G_i G_i^T)_{tt'} (Li et
+  al. 2022, "Large language models can be strong differentially private learners") when that costs fewer
+  multiply-adds, T^2 (K + F) < T K F, and otherwise from the K x F gradient P_i^T G_i itself (cnn_small's
+  second conv: T = 49, K = 256, F = 32), which then also gives that layer's clipped sum as a weighted sum of
+  rows; the bias adds |sum_t G_i|^2;
 - the clipped sum is sum_i c_i a_i^T g_i with c_i = min(1, C / |grad_i|), one einsum per layer (Bu et al.
   2022's book-keeping: no second backward pass).
 One backward pass gives every g_i at once, because the per-example losses of a model without cross-example
@@ -76,29 +78,39 @@ def _layer_names(model):
     return [f"Conv_{i}" for i in range(len(model.convs))] + [f"Dense_{i}" for i in range(len(model.dense) + 1)]
 
 
-def _sq_norms(a, g):
-    """Per-example squared norm of the weight gradient a_i^T g_i and of the bias gradient."""
-    if a.ndim == 2:  # Dense: (B, K), (B, F)
-        return jnp.sum(a * a, -1) * jnp.sum(g * g, -1) + jnp.sum(g * g, -1)
+def _layer_terms(a, g):
+    """Per-example squared norms of layer l's weight and bias gradients, and what the clipped sum needs from them.
+
+    a: the layer's input (B, K) or patches (B, Ho, Wo, K); g: the gradient at its output (B, F) or (B, Ho, Wo, F).
+    Returns (sq_norms (B,), per_example): per_example holds each example's (K*F) kernel gradient where forming
+    it is cheaper than the Gram trick (T*(K+F) >= K*F multiply-adds per example per output position pair), so
+    the clipped sum is a weighted sum of rows; else None and the clipped sum is one einsum over a and g.
+    The sums over examples' rows are einsums, not `jnp.sum` over axes, which XLA:CPU runs slowly.
+    """
     b = a.shape[0]
+    if a.ndim == 2:  # Dense: (B, K), (B, F)
+        gg = jnp.einsum("bf,bf->b", g, g)
+        return jnp.einsum("bk,bk->b", a, a) * gg + gg, None
     a, g = a.reshape(b, -1, a.shape[-1]), g.reshape(b, -1, g.shape[-1])  # (B, T, K), (B, T, F)
     t, k, f = a.shape[1], a.shape[2], g.shape[2]
-    if t * t < k * f:
-        weight = jnp.sum(jnp.einsum("btk,bsk->bts", a, a) * jnp.einsum("btf,bsf->bts", g, g), axis=(1, 2))
-    else:
-        weight = jnp.sum(jnp.einsum("btk,btf->bkf", a, g) ** 2, axis=(1, 2))
-    bias = g.sum(1)
-    return weight + jnp.sum(bias * bias, -1)
+    bias = jnp.einsum("btf->bf", g)
+    bias_sq = jnp.einsum("bf,bf->b", bias, bias)
+    if t * (k + f) < k * f:
+        gram = jnp.einsum("btk,bsk->bts", a, a).reshape(b, -1)
+        return jnp.einsum("bn,bn->b", gram, jnp.einsum("btf,bsf->bts", g, g).reshape(b, -1)) + bias_sq, None
+    per_example = jnp.einsum("btk,btf->bkf", a, g).reshape(b, -1)
+    return jnp.einsum("bn,bn->b", per_example, per_example) + bias_sq, per_example
 
 
-def _weighted_grads(a, g, c, kernel_shape):
+def _weighted_grads(a, g, c, kernel_shape, per_example=None):
     """sum_i c_i a_i^T g_i (the kernel, reshaped to its HWIO shape) and sum_i c_i sum_t g_i (the bias)."""
-    if a.ndim == 2:
-        return jnp.einsum("bk,bf,b->kf", a, g, c), jnp.einsum("bf,b->f", g, c)
     b = a.shape[0]
-    a, g = a.reshape(b, -1, a.shape[-1]), g.reshape(b, -1, g.shape[-1])
-    kernel = jnp.einsum("btk,btf->kf", a * c[:, None, None], g).reshape(kernel_shape)
-    return kernel, jnp.einsum("btf,b->f", g, c)
+    a, g = a.reshape(b, -1, a.shape[-1]), g.reshape(b, -1, g.shape[-1])  # a Dense layer has T = 1
+    bias = jnp.einsum("btf,b->f", g, c)
+    if per_example is not None:
+        return jnp.einsum("b,bn->n", c, per_example).reshape(kernel_shape), bias
+    kernel = jnp.einsum("tk,tf->kf", (a * c[:, None, None]).reshape(-1, a.shape[-1]), g.reshape(-1, g.shape[-1]))
+    return kernel.reshape(kernel_shape), bias
 
 
 def ghost_value_and_grad(model, clip_norm: float) -> Callable[[Callable], Callable]:
@@ -129,11 +141,12 @@ def ghost_value_and_grad(model, clip_norm: float) -> Callable[[Callable], Callab
                 return jnp.sum(losses * real), (losses, logits, inputs)
 
             outs, (losses, logits, inputs) = jax.grad(total, has_aux=True)(offsets)
-            sq = sum(_sq_norms(a, g) for a, g in zip(inputs, outs))
+            terms = [_layer_terms(a, g) for a, g in zip(inputs, outs)]
+            sq = sum(t[0] for t in terms)
             c = real * jnp.minimum(1.0, clip_norm / jnp.maximum(jnp.sqrt(sq), 1e-12))
             grads = {}
-            for name, a, g in zip(names, inputs, outs):
-                kernel, bias = _weighted_grads(a, g, c, params[name]["kernel"].shape)
+            for name, a, g, (_, per_example) in zip(names, inputs, outs, terms):
+                kernel, bias = _weighted_grads(a, g, c, params[name]["kernel"].shape, per_example)
                 grads[name] = {"bias": bias, "kernel": kernel}
             count = jnp.maximum(real.sum(), 1.0)
             accuracy = jnp.sum((jnp.argmax(logits, -1) == y) * real) / count

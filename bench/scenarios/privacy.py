@@ -111,8 +111,10 @@ class Privacy:
         return list(write_privacy_tables(frame, out).values())
 
     def _clipping(self, model, defense, clip_norm):
-        """The grad_fn hook: ghost norms (bench/privacy/ghost.py) where they apply ("auto") or are asked for, else
-        jax-privacy's per-example clipping; both give the same clipped sum (tests/test_privacy.py)."""
+        """The grad_fn hook and whether its batches should have one fixed shape: ghost norms
+        (bench/privacy/ghost.py, whose cost grows with the padding: batches padded to their next multiple of
+        pad_multiple) where they apply ("auto") or are asked for, else jax-privacy's per-example clipping (which
+        skips the padding: one fixed shape); both give the same clipped sum (tests/test_privacy.py)."""
         from bench.privacy import ghost
 
         clipping = self.dp.clipping
@@ -122,8 +124,8 @@ class Privacy:
         if clipping == "ghost" and reason:
             raise BenchError(f"scenario.dp.clipping=ghost: {reason}; use scenario.dp.clipping=per_example (or auto)")
         if clipping == "per_example" or reason:
-            return dp_sgd.clipped_value_and_grad(clip_norm, self.dp.microbatch_size)
-        return ghost.ghost_value_and_grad(model.module, clip_norm)
+            return dp_sgd.clipped_value_and_grad(clip_norm, self.dp.microbatch_size), True
+        return ghost.ghost_value_and_grad(model.module, clip_norm), False
 
     def run(self, exp: Experiment) -> Result:
         method = self.method
@@ -163,8 +165,9 @@ class Privacy:
             make_optimizer = lambda k: dp_sgd.dp_optimizer(t.optimizer(plan.steps), clip_norm=plan.clip_norm,
                                                            noise_multiplier=plan.noise_multiplier,
                                                            expected_batch_size=plan.expected_batch_size, key=k)
-            grad_fn = self._clipping(model, exp.labels.get("defense"), plan.clip_norm)
-            sampler = dp_sgd.PoissonSampler(len(y_fit), plan.q, plan.steps, plan.steps_per_epoch, self.dp.pad_multiple)
+            grad_fn, fixed_shape = self._clipping(model, exp.labels.get("defense"), plan.clip_norm)
+            sampler = dp_sgd.PoissonSampler(len(y_fit), plan.q, plan.steps, plan.steps_per_epoch, self.dp.pad_multiple,
+                                            fixed_shape=fixed_shape)
             epochs = plan.epochs
         else:
             batch_size, epochs = t.batch_size, t.epochs
