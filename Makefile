@@ -96,13 +96,15 @@ reproduce: $(STAMP)
 	$(BIN)/python -m bench.reproduce $(PRESET) $(if $(FULL),--full,)
 
 # Every side-by-side speed ratio, one after another on this machine, then results/speed.md from their reports:
-# PGD-40 and the AutoAttack suite vs torchattacks (needs the peers: PEERS_PYTHON=/path/to/python or the `peers`
-# extra), DP-SGD steps vs a non-private step, the matmul peak and PGD's share of it. About 10 minutes; run it on
-# a quiet machine (the reports record the load).
+# PGD-40 vs torchattacks and vs foolbox on JAX, the AutoAttack suite vs torchattacks (needs the peers:
+# PEERS_PYTHON=/path/to/python or the `peers` extra), DP-SGD steps vs a non-private step and vs Opacus, CROWN-IBP
+# vs IBP steps, the matmul peak and PGD's share of it. About 17 minutes; run it on a quiet machine (the reports
+# record the load).
 .PHONY: bench
 bench: peers-env
 	$(PEERS_RUN) scripts/peer_pgd.py --repeats 3
 	$(PEERS_RUN) scripts/peer_autoattack.py --threads 2
 	$(BIN)/python scripts/dp_speed.py --epochs 0
 	$(BIN)/python scripts/certified_speed.py --label bench --skip-bounds
+	$(PEERS_RUN) scripts/peer_opacus.py
 	$(BIN)/python scripts/speed_report.py

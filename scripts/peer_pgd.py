@@ -1,4 +1,5 @@
-"""Side by side: our PGD-40 (JAX) against torchattacks' PGD (PyTorch), same model, weights, data and machine.
+"""Side by side: our PGD-40 (JAX) against torchattacks' PGD (PyTorch) and foolbox's LinfPGD (on JAX), same model,
+weights, data and machine.
 
 What it does, in one process:
   1. loads `bench.data.mnist5k()` and trains a standard `cnn_small` with `bench.train.train` and
@@ -14,7 +15,9 @@ What it does, in one process:
      Ours runs at several batch sizes (`--batch-sizes`), torchattacks on all 1,000 at once with
      torch's threads set to the cores (`--threads`). An extra, labelled row times torchattacks
      with `--diagnostic-threads` (1) threads: on a busy 2-core machine torch's thread pool can
-     cost it a factor of several, and that row shows it.
+     cost it a factor of several, and that row shows it. If foolbox is installed, its
+     `LinfPGD(abs_stepsize=0.01, steps=40, random_start=True)` runs on our JAX model (jitted
+     forward pass) at `--foolbox-batch` (100): the same framework, the fairest speed peer.
      Our first call, which includes XLA compilation, is reported separately. eps 0.1 and 0.2
      get one timed run each;
   4. prints a Markdown report and writes it to `--out` (default results/peer_pgd.md) with the
@@ -70,6 +73,11 @@ except ImportError:
 
 from torch_twins import copy_flax_to_torch, to_nchw, torch_cnn_small  # noqa: E402  (scripts/, after torch)
 
+try:  # optional: foolbox runs on JAX itself (eagerpy), the same framework as ours
+    import foolbox
+except ImportError:
+    foolbox = None
+
 STEPS = 40
 STEP_SIZE = 0.01
 EPS_MAIN = 0.3
@@ -109,6 +117,8 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: the cores)")
     parser.add_argument("--diagnostic-threads", type=int, default=1,
                         help="also time torchattacks with this many threads, as a labelled extra row (0: skip)")
+    parser.add_argument("--foolbox-batch", type=int, default=100,
+                        help="batch size of foolbox's LinfPGD on our JAX model, if foolbox is installed (0: skip)")
     parser.add_argument("--out", default="results/peer_pgd.md")
     return parser.parse_args(argv)
 
@@ -168,8 +178,10 @@ def main(argv=None) -> None:
         return evaluate.accuracy(logits_fn, params, x_adv, y_test)
 
     # --- the contenders: ours at each batch size, torchattacks on the whole set ------------------
+    use_foolbox = foolbox is not None and args.foolbox_batch > 0
     batches = {b: [(jax.device_put(x_test[s:s + b]), jax.device_put(y_test[s:s + b])) for s in range(0, n, b)]
-               for b in {*batch_sizes, *([args.lax_batch] if args.lax_batch else [])}}
+               for b in {*batch_sizes, *([args.lax_batch] if args.lax_batch else []),
+                         *([args.foolbox_batch] if use_foolbox else [])}}
 
     def run_ours(eps: float, batch: int, fn=logits_fn) -> np.ndarray:
         attack = pgd(norm="linf", eps=eps, steps=STEPS, step_size=STEP_SIZE, random_start=True)
@@ -185,6 +197,14 @@ def main(argv=None) -> None:
         torch.set_num_threads(threads)
         return x_adv
 
+    def run_foolbox(eps: float) -> np.ndarray:
+        # foolbox's LinfPGD on the same JAX model (jitted forward; foolbox's own loop and gradients through
+        # eagerpy), the same 40 steps of 0.01 from one uniform random start; it returns the last iterate.
+        fmodel = foolbox.JAXModel(jax.jit(lambda v: logits_fn(params, v)), bounds=(0, 1))
+        attack = foolbox.attacks.LinfPGD(abs_stepsize=STEP_SIZE, steps=STEPS, random_start=True)
+        outs = [attack(fmodel, xb, yb, epsilons=eps)[1] for xb, yb in batches[args.foolbox_batch]]
+        return np.asarray(jax.block_until_ready(jnp.concatenate(outs)))
+
     def torch_robust_acc(x_adv: np.ndarray) -> float:
         with torch.no_grad():
             return float((net(to_nchw(x_adv)).argmax(1) == y_torch).float().mean())
@@ -196,6 +216,9 @@ def main(argv=None) -> None:
         contenders.append(("bench.attacks.pgd (conv lax, before)", args.lax_batch,
                            lambda eps: run_ours(eps, args.lax_batch, logits_fn_lax), jax_robust_acc))
     contenders.append(("torchattacks.PGD", n, run_torch, torch_robust_acc))
+    if use_foolbox:
+        contenders.append((f"foolbox.attacks.LinfPGD (JAX, foolbox {foolbox.__version__})", args.foolbox_batch,
+                           run_foolbox, jax_robust_acc))
     diagnostic = None
     if args.diagnostic_threads and args.diagnostic_threads != threads:
         # Not part of the comparison: shows how much torch's thread count matters on this machine.
@@ -270,7 +293,7 @@ def main(argv=None) -> None:
     ]
     for name, batch, _, _ in contenders:
         r = results[name, batch]
-        first = f"{r['first']:.2f}" + (" (incl. compile)" if name.startswith("bench") else "")
+        first = f"{r['first']:.2f}" + (" (incl. compile)" if name.startswith(("bench", "foolbox")) else "")
         lines.append(f"| {name} | {batch} | {r['acc']:.3f} | {first} | {r['median']:.2f} | {r['cpu_median']:.2f} | "
                      f"{grad_evals / r['median']:,.0f} | {torch_row['median'] / r['median']:.2f} |")
     lines += [
@@ -287,6 +310,18 @@ def main(argv=None) -> None:
             f"{args.diagnostic_threads} thread(s). Against it, the ratio for ours at batch {max(batch_sizes)} is "
             f"{results[diagnostic, n]['median'] / results[ours, max(batch_sizes)]['median']:.2f}.",
         ]
+    if use_foolbox:
+        fb_name = next(name for name, *_ in contenders if name.startswith("foolbox"))
+        fb_row, best_ours = results[fb_name, args.foolbox_batch], min(
+            (results[ours, b] for b in batch_sizes), key=lambda r: r["median"])
+        lines += [
+            "",
+            f"The row `{fb_name}` is foolbox on the same JAX model and machine (the same framework: the fairest "
+            f"peer for speed): ours at its best batch is {fb_row['median'] / best_ours['median']:.2f}x faster; "
+            "foolbox returns the last iterate, like torchattacks.",
+        ]
+    elif args.foolbox_batch:
+        lines += ["", "foolbox is not installed here (`pip install foolbox`, in the `peers` extra): no foolbox row."]
     lines += [
         "",
         f"torchattacks' examples scored by our flax model: robust acc {torch_row['acc_by_ours']:.3f} "

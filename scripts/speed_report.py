@@ -1,9 +1,9 @@
 """results/speed.md: the side-by-side speed ratios of the suite in one page, read from the reports that measured them.
 
-`make bench` runs, one after another on the same machine, scripts/peer_pgd.py (PGD-40 vs torchattacks),
+`make bench` runs, one after another on the same machine, scripts/peer_pgd.py (PGD-40 vs torchattacks and foolbox),
 scripts/peer_autoattack.py (the AutoAttack suite vs torchattacks' at the paper's 100 iterations),
 scripts/dp_speed.py (DP-SGD steps vs a non-private step), scripts/certified_speed.py (CROWN-IBP vs IBP
-training steps) and scripts/peer_opacus.py when asked, then this
+training steps) and scripts/peer_opacus.py (DP-SGD vs Opacus), then this
 script. It reads the numbers from those reports (it types none itself), and measures two things of its own:
 this machine's float32 matmul rate (the peak a model layer can reach) and the FLOPs of one PGD gradient
 evaluation of cnn_small (XLA's cost analysis of the compiled step), which turn PGD's measured gradient
@@ -107,6 +107,11 @@ def main(argv=None) -> int:
             t1 = number(torch1[0][4])
             lines.append(f"| the same, torch limited to 1 thread | {number(best[4]):.2f} s | {t1:.2f} s | "
                          f"{t1 / number(best[4]):.2f} | results/peer_pgd.md |")
+        fool = table_rows(pgd, "foolbox.attacks.LinfPGD")
+        if fool:
+            f = number(fool[0][4])
+            lines.append(f"| the same vs foolbox's LinfPGD on our JAX model (batch {fool[0][1]}) | {number(best[4]):.2f} s | "
+                         f"{f:.2f} s (foolbox, JAX) | {f / number(best[4]):.2f} | results/peer_pgd.md |")
         if before:
             b = number(before[0][4])
             lines.append(f"| the same, before: XLA's own convolution (conv=lax), batch {before[0][1]} | {b:.2f} s | "
