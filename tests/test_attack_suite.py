@@ -244,3 +244,26 @@ def test_weak_attack_trips_convergence_check_and_broken_attack_trips_monotonicit
     suite = {(0.1, "a"): ATTACKS["pgd"](norm="linf", eps=0.1, steps=10), (0.3, "a"): no_op("linf", 0.3)}
     results, _ = _run_with_sanity(logits_fn, params, x, y, suite)
     assert "eps_not_monotone" in _tripped(results)
+
+
+def test_cumulative_subsets_run_in_batches_of_one_shape_with_little_padding():
+    """An attack on a subset of m examples (cumulative suites) sees one batch shape: it compiles once, and the
+    padding is a few examples per batch, not a power-of-two tail."""
+    for batch_size in (1, 7, 100, 256):
+        for m in range(1, 1200, 13):
+            size = evaluate._even_batch(m, batch_size)
+            count = -(-m // size)
+            assert size <= batch_size and count == -(-m // batch_size)  # as many batches as before, none larger
+            assert count * size >= m and count * size - m < count * 4  # fewer than 4 padded examples per batch
+    shapes = []
+
+    def attack(logits_fn, params, x, y, key):
+        shapes.append(x.shape[0])
+        return x
+
+    x = np.random.default_rng(0).uniform(0, 1, (349, 2, 2, 1)).astype(np.float32)
+    y = np.zeros(349, np.int32)
+    logits_fn = lambda params, v: jnp.zeros((v.shape[0], 3)).at[:, 0].set(1.0)
+    still = evaluate.attack_examples(attack, logits_fn, None, x, y, np.arange(349), "linf", 0.1, jax.random.key(0),
+                                     batch_size=100, pad=True)
+    assert shapes == [88] * 4 and still.shape == (349,) and still.all()
