@@ -190,10 +190,12 @@ class PoissonSampler:
         if int(pad_multiple) < 1:
             raise BenchError(f"pad_multiple must be >= 1, got {pad_multiple}")
         self.n, self.steps, self.steps_per_epoch, self.pad_multiple = int(n), int(steps), int(steps_per_epoch), int(pad_multiple)
-        from scipy.stats import binom
+        self.batch_shape = 0  # without a fixed shape: each batch's next multiple of pad_multiple
+        if fixed_shape:
+            from scipy.stats import binom
 
-        largest = int(binom.isf(float(overflow), self.n, float(q))) + 1 if overflow > 0 else 0
-        self.batch_shape = max(1, math.ceil(largest / self.pad_multiple)) * self.pad_multiple if fixed_shape else 0
+            largest = int(binom.isf(float(overflow), self.n, float(q))) + 1 if overflow > 0 else 0
+            self.batch_shape = max(1, math.ceil(largest / self.pad_multiple)) * self.pad_multiple
         selection = jax_privacy.batch_selection
         self.strategy = selection.CyclicPoissonSampling(
             sampling_prob=float(q), iterations=int(steps), partition_type=selection.PartitionType.INDEPENDENT)

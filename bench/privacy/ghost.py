@@ -83,8 +83,8 @@ def _layer_terms(a, g):
 
     a: the layer's input (B, K) or patches (B, Ho, Wo, K); g: the gradient at its output (B, F) or (B, Ho, Wo, F).
     Returns (sq_norms (B,), per_example): per_example holds each example's (K*F) kernel gradient where forming
-    it is cheaper than the Gram trick (T*(K+F) >= K*F multiply-adds per example per output position pair), so
-    the clipped sum is a weighted sum of rows; else None and the clipped sum is one einsum over a and g.
+    it (T*K*F multiply-adds per example) is no dearer than the Gram trick (T^2*(K+F)), so the clipped sum is a
+    weighted sum of rows; else None and the clipped sum is one einsum over a and g.
     The sums over examples' rows are einsums, not `jnp.sum` over axes, which XLA:CPU runs slowly.
     """
     b = a.shape[0]

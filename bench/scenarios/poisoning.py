@@ -166,11 +166,9 @@ class Poisoning:
                                                 expected_batch_size=plan.expected_batch_size,
                                                 key=jax.random.fold_in(exp.key("noise"),
                                                                         zlib.crc32(name.encode()) % 2 ** 31))
-                # the privacy scenario's choice of clipping path (ghost norms for a ConvNet with the standard
+                # the privacy scenario's clipping path and sampler (ghost norms for a ConvNet with the standard
                 # objective, else jax-privacy's per-example clipping): it reads only self.dp
-                grad_fn, fixed_shape = Privacy._clipping(self, model, defense, plan.clip_norm)
-                sampler = dp_sgd.PoissonSampler(len(y), plan.q, plan.steps, plan.steps_per_epoch, d.pad_multiple,
-                                                fixed_shape=fixed_shape)
+                grad_fn, sampler = Privacy._dp_hooks(self, model, defense, plan, len(y))
                 epochs, batch_size = plan.epochs, max(1, round(plan.expected_batch_size))
             else:
                 epochs, batch_size = t.epochs, t.batch_size

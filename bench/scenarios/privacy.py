@@ -110,10 +110,10 @@ class Privacy:
 
         return list(write_privacy_tables(frame, out).values())
 
-    def _clipping(self, model, defense, clip_norm):
-        """The grad_fn hook and whether its batches should have one fixed shape: ghost norms
-        (bench/privacy/ghost.py, whose cost grows with the padding: batches padded to their next multiple of
-        pad_multiple) where they apply ("auto") or are asked for, else jax-privacy's per-example clipping (which
+    def _dp_hooks(self, model, defense, plan, n):
+        """The grad_fn and sampler hooks of `bench.train.train` for DP-SGD on n examples: ghost norms
+        (bench/privacy/ghost.py, whose cost grows with the padding: each Poisson batch padded to its next multiple
+        of pad_multiple) where they apply ("auto") or are asked for, else jax-privacy's per-example clipping (which
         skips the padding: one fixed shape); both give the same clipped sum (tests/test_privacy.py)."""
         from bench.privacy import ghost
 
@@ -123,9 +123,12 @@ class Privacy:
         reason = ghost.supports(model.module, defense)
         if clipping == "ghost" and reason:
             raise BenchError(f"scenario.dp.clipping=ghost: {reason}; use scenario.dp.clipping=per_example (or auto)")
-        if clipping == "per_example" or reason:
-            return dp_sgd.clipped_value_and_grad(clip_norm, self.dp.microbatch_size), True
-        return ghost.ghost_value_and_grad(model.module, clip_norm), False
+        per_example = clipping == "per_example" or reason is not None
+        grad_fn = (dp_sgd.clipped_value_and_grad(plan.clip_norm, self.dp.microbatch_size) if per_example
+                   else ghost.ghost_value_and_grad(model.module, plan.clip_norm))
+        sampler = dp_sgd.PoissonSampler(n, plan.q, plan.steps, plan.steps_per_epoch, self.dp.pad_multiple,
+                                        fixed_shape=per_example)
+        return grad_fn, sampler
 
     def run(self, exp: Experiment) -> Result:
         method = self.method
@@ -165,9 +168,7 @@ class Privacy:
             make_optimizer = lambda k: dp_sgd.dp_optimizer(t.optimizer(plan.steps), clip_norm=plan.clip_norm,
                                                            noise_multiplier=plan.noise_multiplier,
                                                            expected_batch_size=plan.expected_batch_size, key=k)
-            grad_fn, fixed_shape = self._clipping(model, exp.labels.get("defense"), plan.clip_norm)
-            sampler = dp_sgd.PoissonSampler(len(y_fit), plan.q, plan.steps, plan.steps_per_epoch, self.dp.pad_multiple,
-                                            fixed_shape=fixed_shape)
+            grad_fn, sampler = self._dp_hooks(model, exp.labels.get("defense"), plan, len(y_fit))
             epochs = plan.epochs
         else:
             batch_size, epochs = t.batch_size, t.epochs
