@@ -106,6 +106,9 @@ def step_rows(label, rev, steps: int, batch: int):
         "standard": (standard(logits_fn), MID),
         "IBP": (ibp_training(logits_fn, model=model, eps=0.2, warmup_steps=0, ramp_steps=1000), MID),
         "CROWN-IBP": (crown_ibp, MID),
+        # the robust term bounded by one CROWN pass on the loss, not one per margin row (Xu et al. 2020)
+        "CROWN-IBP, loss fusion": (crown_ibp_training(logits_fn, model=model, eps=0.2, warmup_steps=0, ramp_steps=1000,
+                                                     loss_fusion=True), MID),
         # the phase after the ramp (beta 0), which bench/train.py runs without the CROWN pass
         "CROWN-IBP after the ramp": (crown_ibp.phases[-1][1], 1000 + MID),
     }

@@ -21,7 +21,7 @@ from bench.certify.crown import Intermediate, crown_margin_lower, crown_preactiv
 from bench.certify.ibp import ibp_margin_lower
 from bench.certify.network import Dense, Flatten, Normalize, ReLU, conv_transpose, forward, network_from_model
 from bench.certify.smoothing import ABSTAIN, certify_from_counts, predict_from_counts
-from bench.defenses.certified import crown_ibp_training, ibp_training
+from bench.defenses.certified import crown_ibp_training, exp_chord, fused_robust_loss, ibp_training, worst_case_logits
 from bench.defenses.gaussian import gaussian_augmentation
 from bench.errors import BenchError
 
@@ -400,6 +400,65 @@ def test_certified_training_objectives_match_direct_computation():
     assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
     with pytest.raises(BenchError, match="model="):
         ibp_training(logits_fn, eps=0.1)
+
+
+def test_exp_chord_lies_above_exp_on_its_interval():
+    lower = jnp.array([-30.0, -5.0, -1.0, -1e-7, -2.0, 0.0])
+    upper = jnp.array([0.0, -4.0, -1.0 + 1e-8, 0.0, -2.0, 0.0])
+    slope, intercept = exp_chord(lower, upper)
+    t = lower[:, None] + (upper - lower)[:, None] * jnp.linspace(0.0, 1.0, 101)[None]
+    assert np.all(np.asarray(slope[:, None] * t + intercept[:, None] - jnp.exp(t)) >= -1e-6)
+    assert np.all(np.isfinite(np.asarray(slope)))
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 0.5)])
+def test_loss_fusion_bounds_the_worst_sampled_loss_and_is_ibps_at_beta_0(norm, eps):
+    """The fused bound is above CE at every sampled point of the ball for any beta, equals IBP's
+    CE(worst-case logits) at beta 0, and closes on the clean CE as eps goes to 0."""
+    model, params, shape = _random_net("conv", seed=3)
+    network = network_from_model(model)
+    x = jax.random.uniform(jax.random.key(4), (3, *shape))
+    y = jnp.array([2, 0, 1])
+    fused = jax.jit(lambda e, beta: fused_robust_loss(network, params, x, y, e, norm=Norm(norm), beta=beta)[0])
+    sample = jax.jit(_sample_in_set, static_argnums=(3, 4))
+    bounds = {beta: np.asarray(fused(jnp.float32(eps), beta)) for beta in (0.0, 0.5, 1.0)}
+    for i in range(len(y)):
+        points = sample(jax.random.fold_in(jax.random.key(5), i), x[i], eps, norm, 4000)
+        ce = optax.softmax_cross_entropy_with_integer_labels(_forward(network, params, points),
+                                                             jnp.full(len(points), y[i]))
+        for beta, bound in bounds.items():
+            assert bound[i] >= float(jnp.max(ce)) - 1e-4, beta
+    ibp = np.asarray(ibp_margin_lower(network, params, x, y, jnp.float32(eps), norm=Norm(norm)))
+    ibp_ce = optax.softmax_cross_entropy_with_integer_labels(worst_case_logits(jnp.asarray(ibp), y), y)
+    np.testing.assert_allclose(bounds[0.0], np.asarray(ibp_ce), rtol=1e-5)
+    clean = optax.softmax_cross_entropy_with_integer_labels(_forward(network, params, x), y)
+    np.testing.assert_allclose(np.asarray(fused(jnp.float32(1e-5), 1.0)), np.asarray(clean), atol=1e-3)
+
+
+def test_crown_ibp_loss_fusion_objective_mixes_the_fused_bound():
+    """Mid-ramp the fused objective is kappa * clean CE + (1 - kappa) * the fused bound at that eps and
+    beta; its gradients are finite; warm-up and after-the-ramp phases are the IBP-only ones."""
+    network, params = _tiny_net(7, (5,))
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.uniform(size=(6, 2)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, 3, 6), jnp.int32)
+    logits_fn = lambda p, v: forward(network, p, v)  # noqa: E731
+    objective = crown_ibp_training(logits_fn, model=network, eps=0.2, warmup_steps=10, ramp_steps=20,
+                                   loss_fusion=True)
+    assert [first for first, _ in objective.phases] == [0, 11, 30]
+    key = jax.random.key(0)
+    loss, aux = jax.jit(objective)(params, (x, y), key, jnp.int32(20))  # eps 0.1, beta 0.5, kappa 0.5
+    clean = optax.softmax_cross_entropy_with_integer_labels(logits_fn(params, x), y).mean()
+    bound = fused_robust_loss(network, params, x, y, jnp.float32(0.1), norm=Norm.LINF, beta=0.5)[0].mean()
+    assert float(loss) == pytest.approx(float(0.5 * clean + 0.5 * bound), rel=1e-5)
+    plain = crown_ibp_training(logits_fn, model=network, eps=0.2, warmup_steps=10, ramp_steps=20)
+    assert float(loss) != pytest.approx(float(plain(params, (x, y), key, jnp.int32(20))[0]), rel=1e-6)
+    grads = jax.grad(lambda p: objective(p, (x, y), key, jnp.int32(20))[0])(params)
+    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+    for step in (30, 45):  # beta 0: the fused bound is IBP's, so the IBP-only phase gives the same loss
+        want = objective(params, (x, y), key, jnp.int32(step))[0]
+        assert float(objective.phases[2][1](params, (x, y), key, jnp.int32(step))[0]) == pytest.approx(float(want),
+                                                                                                      rel=1e-5)
 
 
 def test_crown_ibp_phases_skip_crown_only_where_its_weight_is_zero():

@@ -155,6 +155,22 @@ def crown_margin_lower(network: Network, params, x, y, eps, *, norm: Norm = Norm
     return scatter_margins(best, y, num_classes)
 
 
+def crown_ibp_logit_lower(network: Network, params, x, spec, eps, *, norm: Norm = Norm.LINF,
+                          lower_slope: LowerSlope = LowerSlope.ADAPTIVE, preactivations=None):
+    """CROWN-IBP lower bounds of `spec . logits` over the eps-ball ∩ [0, 1]: spec (n, S, classes) -> (n, S).
+
+    One backward pass per row of `spec`, with IBP intermediate bounds (pass `preactivations`, as
+    `bench.certify.ibp.interval_preactivations` returns them, to reuse ones already computed).
+    """
+    net_blocks = blocks(network)
+    domain = input_set(x, eps)
+    shapes = block_input_shapes(net_blocks, params, x)
+    if preactivations is None:
+        preactivations = preactivation_bounds(net_blocks, params, domain, norm, Intermediate.IBP, lower_slope, shapes)
+    coeffs, const = backward(net_blocks, params, spec, len(net_blocks) - 1, preactivations, shapes, lower_slope)
+    return concretize(coeffs, const, domain, norm)
+
+
 @partial(jax.jit, static_argnames=("network", "norm", "intermediate", "lower_slope"))
 def crown_preactivation_bounds(network: Network, params, x, eps, *, norm: Norm = Norm.LINF,
                                intermediate: Intermediate = Intermediate.CROWN,
