@@ -75,6 +75,30 @@ def conv_patches(x, kernel_hw, strides, padding):
     return _patches(x, *kernel_hw, *strides)
 
 
+def kernel_gradient(x, cotangent, kernel_shape, stride: int, padding):
+    """The gradient of sum(cotangent * conv(x, kernel)) with respect to the HWIO kernel: one matmul.
+
+    x (N, H, W, C), cotangent (N, Ho, Wo, F). Where the stride divides the kernel the patches come from the
+    space-to-depth image ((k/s)^2 unit-stride slices instead of k^2 strided ones, which XLA:CPU copies slowly).
+    """
+    kh, kw, cin, cout = kernel_shape
+    s = stride
+    if not (s > 1 and kh % s == 0 and kw % s == 0):
+        patches = conv_patches(x, (kh, kw), (s, s), padding)
+        return (patches.reshape(-1, kh * kw * cin).T @ cotangent.reshape(-1, cout)).reshape(kernel_shape)
+    pads = pad_for(x.shape[1:3], (kh, kw), (s, s), padding)
+    h, w = x.shape[1] + sum(pads[0]), x.shape[2] + sum(pads[1])
+    x = jnp.pad(x, ((0, 0), (pads[0][0], pads[0][1] + (-h) % s), (pads[1][0], pads[1][1] + (-w) % s), (0, 0)))
+    n, hp, wp, c = x.shape
+    x = x.reshape(n, hp // s, s, wp // s, s, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, hp // s, wp // s, s * s * c)
+    ho, wo = cotangent.shape[1:3]
+    patches = _patches(x[:, : ho + kh // s - 1, : wo + kw // s - 1], kh // s, kw // s, 1, 1)
+    grad = patches.reshape(-1, (kh // s) * (kw // s) * s * s * cin).T @ cotangent.reshape(-1, cout)
+    # rows are (p, q, a, b, c) for the kernel tap (p*s + a, q*s + b) and input channel c
+    grad = grad.reshape(kh // s, kw // s, s, s, cin, cout).transpose(0, 2, 1, 3, 4, 5)
+    return grad.reshape(kernel_shape)
+
+
 def _patches(x, kh: int, kw: int, sh: int, sw: int):
     n, hp, wp, cin = x.shape
     ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1

@@ -84,9 +84,10 @@ def backward(net_blocks, params, coeffs, k: int, preactivations, shapes, lower_s
     for j in range(k - 1, -1, -1):
         lower, upper = (b[:, None] for b in preactivations[j])
         sl, su, bu = relu_relaxation(lower, upper, lower_slope, None if alphas is None else alphas[j])
-        positive, negative = jnp.maximum(coeffs, 0.0), jnp.minimum(coeffs, 0.0)
-        const = const + jnp.sum(negative * bu, axis=tuple(range(2, coeffs.ndim)))
-        coeffs = positive * sl + negative * su
+        # selects, not maximum/minimum: their gradients split ties with a division over the whole tensor
+        negative = coeffs < 0
+        const = const + jnp.sum(jnp.where(negative, coeffs * bu, 0.0), axis=tuple(range(2, coeffs.ndim)))
+        coeffs = coeffs * jnp.where(negative, su, sl)
         coeffs, c = transpose_block(net_blocks[j], params, coeffs, shapes[j])
         const = const + c
     return coeffs, const
@@ -138,6 +139,8 @@ def crown_margin_lower(network: Network, params, x, y, eps, *, norm: Norm = Norm
         coeffs, const = backward(net_blocks, params, spec, last, pre, shapes, lower_slope, alphas)
         return concretize(coeffs, const, domain, norm)
 
+    if alpha_steps == 0:  # one relaxation per neuron, shared by every margin row
+        return scatter_margins(bound(None), y, num_classes)
     start = [relu_relaxation(lo, up, lower_slope)[0][:, None] for lo, up in pre]
     start = [jnp.broadcast_to(a, (a.shape[0], spec.shape[1], *a.shape[2:])) for a in start]  # one slope per margin
     best = bound(start)

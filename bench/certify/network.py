@@ -23,6 +23,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from bench.conv import kernel_gradient
 from bench.errors import BenchError
 
 _CONV_DIMS = ("NHWC", "HWIO", "NHWC")
@@ -83,8 +84,11 @@ def _conv_transpose_fwd(kernel, coeffs, stride, padding, in_shape):
 
 def _conv_transpose_bwd(stride, padding, in_shape, residuals, g):
     kernel, coeffs = residuals
-    out, kernel_vjp = jax.vjp(lambda k: _conv(g, k, stride, padding), kernel)
-    return kernel_vjp(coeffs.astype(out.dtype))[0], out.astype(coeffs.dtype)
+    out = _conv(g, kernel, stride, padding)
+    # The kernel gradient of conv(g, .) at cotangent coeffs, as one matmul of g's patches with coeffs:
+    # XLA:CPU's own kernel-gradient conv first transposes the rows to the minor axis (half of its time).
+    kernel_grad = kernel_gradient(g, coeffs.astype(g.dtype), kernel.shape, stride, padding)
+    return kernel_grad.astype(kernel.dtype), out.astype(coeffs.dtype)
 
 
 conv_transpose.defvjp(_conv_transpose_fwd, _conv_transpose_bwd)
@@ -238,6 +242,15 @@ def block_input_shapes(net_blocks, params, x) -> list[tuple[int, ...]]:
     return shapes
 
 
+def _dot_offset(coeffs, offset):
+    """sum over the trailing axes of coeffs * offset, (n, S): a matvec, where a broadcast product (offset
+    materialised at the coefficients' full shape, then reduced) costs several passes over memory on CPU."""
+    n, s = coeffs.shape[:2]
+    offset = jnp.asarray(offset, coeffs.dtype)
+    per_row = jnp.broadcast_to(offset, coeffs.shape[2:]).reshape(-1)  # the offset is small: tile it, not coeffs
+    return (coeffs.reshape(n * s, -1) @ per_row).reshape(n, s)
+
+
 def transpose_block(block: Sequence, params, coeffs, in_shape):
     """Back-substitute linear coefficients on a block's output through the block.
 
@@ -251,8 +264,8 @@ def transpose_block(block: Sequence, params, coeffs, in_shape):
         shapes.append(jax.eval_shape(lambda v, layer=layer: layer.linear(params, v),
                                      jax.ShapeDtypeStruct((1, *shapes[-1]), coeffs.dtype)).shape[1:])
     for layer, shape in zip(reversed(block), reversed(shapes)):
-        out_ndim = coeffs.ndim - 2
-        const = const + jnp.sum(coeffs * layer.offset(params), axis=tuple(range(2, 2 + out_ndim)))
+        if not isinstance(layer, Flatten):  # the one layer without an offset
+            const = const + _dot_offset(coeffs, layer.offset(params))
         flat = coeffs.reshape((n * s,) + coeffs.shape[2:])
         if hasattr(layer, "transpose"):
             flat = layer.transpose(params, flat, shape)
