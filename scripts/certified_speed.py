@@ -45,7 +45,9 @@ from bench.defenses.standard import standard  # noqa: E402
 from bench.errors import BenchError  # noqa: E402
 
 STEP_HEADER = ["label", "code", "model", "objective", "batch", "ms / step (wall)", "ms / step (CPU)", "x standard (CPU)",
-               "compile s", "compiles"]
+               "compile s", "compiles", "GFLOP / step", "x IBP (GFLOP)"]
+# The step table before its FLOP columns; its rows are kept, with "-" in the new columns.
+OLD_STEP_HEADER = STEP_HEADER[:10]
 BOUND_HEADER = ["label", "code", "model", "bound", "batch", "ms / example (wall)", "ms / example (CPU)", "compile s"]
 
 
@@ -68,7 +70,8 @@ MID = 500  # mid-ramp for the objectives below (warmup 0, ramp 1000)
 
 
 def time_steps(objective, params, x, y, steps: int, mid: int = MID):
-    """(wall s / step, CPU s / step, compile s, compiled versions) of a train_step like bench/train.py's."""
+    """(wall s / step, CPU s / step, compile s, compiled versions, FLOPs / step) of a train_step like
+    bench/train.py's; the FLOPs are XLA's cost analysis of the compiled step."""
     optimizer = optax.adam(1e-3)
 
     @jax.jit
@@ -90,7 +93,10 @@ def time_steps(objective, params, x, y, steps: int, mid: int = MID):
         p, s, loss = train_step(p, s, x[b], y[b], key, jnp.int32(mid + i + 1))
     jax.block_until_ready((p, loss))
     per_step, per_step_cpu = (time.perf_counter() - started) / steps, (time.process_time() - cpu) / steps
-    return per_step, per_step_cpu, compile_s, train_step._cache_size()
+    compiles = train_step._cache_size()
+    cost = train_step.lower(params, opt_state, x[0], y[0], key, jnp.int32(mid)).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return per_step, per_step_cpu, compile_s, compiles, float(cost["flops"])
 
 
 def step_rows(label, rev, steps: int, batch: int):
@@ -112,14 +118,14 @@ def step_rows(label, rev, steps: int, batch: int):
         # the phase after the ramp (beta 0), which bench/train.py runs without the CROWN pass
         "CROWN-IBP after the ramp": (crown_ibp.phases[-1][1], 1000 + MID),
     }
-    rows, base = [], None
+    rows, base, flops = [], None, {}
     for name, (objective, at) in objectives.items():
-        per_step, per_step_cpu, compile_s, compiles = time_steps(objective, params, x, y, steps, at)
+        per_step, per_step_cpu, compile_s, compiles, flops[name] = time_steps(objective, params, x, y, steps, at)
         base = base or per_step_cpu
         rows.append([label, rev, "cnn_small", name, str(batch), f"{per_step * 1e3:.1f}", f"{per_step_cpu * 1e3:.1f}",
-                     f"{per_step_cpu / base:.1f}", f"{compile_s:.1f}", str(compiles)])
+                     f"{per_step_cpu / base:.1f}", f"{compile_s:.1f}", str(compiles), f"{flops[name] / 1e9:.2f}"])
         print(" | ".join(rows[-1]), flush=True)
-    return rows
+    return [row + [f"{flops[row[3]] / flops['IBP']:.1f}"] for row in rows]
 
 
 SCHEDULE_HEADER = ["label", "preset", "steps", "warm-up steps", "CROWN steps", "after-ramp steps",
@@ -153,10 +159,13 @@ def schedule_rows(label, step_table):
         total, warmup, ramp = preset_schedule(name)
         crown = min(ramp, max(total - warmup, 0))
         cheap = total - crown
-        mean = (crown * ms["CROWN-IBP"] + cheap * ms["CROWN-IBP after the ramp"]) / total
-        rows.append([label, name, str(total), str(min(warmup, total)), str(crown), str(cheap - min(warmup, total)),
-                     f"{mean:.1f}", f"{mean / ms['IBP']:.1f}"])
-        print(" | ".join(rows[-1]), flush=True)
+        for objective, suffix in (("CROWN-IBP", ""), ("CROWN-IBP, loss fusion", " (loss fusion)")):
+            if objective not in ms:
+                continue
+            mean = (crown * ms[objective] + cheap * ms["CROWN-IBP after the ramp"]) / total
+            rows.append([label, name + suffix, str(total), str(min(warmup, total)), str(crown),
+                         str(cheap - min(warmup, total)), f"{mean:.1f}", f"{mean / ms['IBP']:.1f}"])
+            print(" | ".join(rows[-1]), flush=True)
     return rows
 
 
@@ -227,7 +236,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "certified_speed.md")
     args = parser.parse_args(argv)
     rev = args.code or git_rev()
-    old_steps = [r for r in read_rows(args.out, STEP_HEADER) if r[0] != args.label or args.skip_steps]
+    old_steps = read_rows(args.out, STEP_HEADER) + [r + ["-", "-"] for r in read_rows(args.out, OLD_STEP_HEADER)]
+    old_steps = [r for r in old_steps if r[0] != args.label or args.skip_steps]
     old_bounds = [r for r in read_rows(args.out, BOUND_HEADER) if r[0] != args.label or args.skip_bounds]
     new_steps = [] if args.skip_steps else step_rows(args.label, rev, args.steps, args.batch)
     old_schedule = [r for r in read_rows(args.out, SCHEDULE_HEADER) if r[0] != args.label or args.skip_steps]
@@ -247,7 +257,10 @@ def main(argv=None) -> int:
         "## Training step (cnn_small, mnist5k, mid-ramp)",
         "",
         "`ms / step`: one jitted step (value_and_grad of the objective + Adam update); `compiles`: compiled",
-        "versions of the step function after steps with different step numbers (must be 1).",
+        "versions of the step function after steps with different step numbers (must be 1); `GFLOP / step`:",
+        "XLA's cost analysis of the compiled step, the work any implementation of that objective's bound has",
+        "to do at this batch (CROWN-IBP's per-margin pass repeats a backward pass for each of the 9 margin",
+        "rows, so its FLOPs, not only its time, are a multiple of IBP's). `-`: measured before that column.",
         "",
         *table(STEP_HEADER, old_steps + new_steps),
         "",
