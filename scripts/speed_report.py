@@ -162,7 +162,9 @@ def main(argv=None) -> int:
                          "the IBP step) | results/certified_speed.md |")
         for c in table_rows(cert, label):
             if len(c) == 8:
-                lines.append(f"| CROWN-IBP, mean step over {c[1]}'s schedule ({c[4]} of {c[2]} steps with CROWN) | "
+                preset, fused = c[1].removesuffix(" (loss fusion)"), c[1].endswith(" (loss fusion)")
+                lines.append(f"| CROWN-IBP{', loss fusion,' if fused else ''} mean step over {preset}'s schedule "
+                             f"({c[4]} of {c[2]} steps with CROWN) | "
                              f"{number(c[6]):.1f} ms | {ibp_ms:.1f} ms (IBP step) | {1 / number(c[7]):.2f} "
                              f"(= {c[7]}x) | results/certified_speed.md |")
     if best:
