@@ -20,6 +20,7 @@ parameters load into either form. `conv_for(impl)` picks the implementation: "la
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -110,12 +111,59 @@ def _patches(x, kh: int, kw: int, sh: int, sw: int):
 
 
 def _patch_matmul(x, rhs, sh: int, sw: int, precision):
-    """A VALID convolution of the padded NHWC `x` with the HWIO `rhs`: one slice per kernel offset, one matmul."""
+    """A VALID convolution of the padded NHWC `x` with the HWIO `rhs`: one slice per kernel offset, one matmul.
+
+    Unit-stride kernels with several taps and no more outputs than inputs (cnn_small's second conv after
+    space-to-depth: 2x2 taps, 64 -> 32 channels) take `_shift_add_conv` instead, which gives the same values.
+    """
+    kh, kw, cin, cout = rhs.shape
+    if sh == sw == 1 and kh * kw > 1 and cout <= cin:
+        return _shift_add_conv(x, rhs, precision)
+    return _patches_times_kernel(x, rhs, sh, sw, precision)
+
+
+def _patches_times_kernel(x, rhs, sh: int, sw: int, precision):
     kh, kw, cin, cout = rhs.shape
     patches = _patches(x, kh, kw, sh, sw)
     n, ho, wo, k = patches.shape
     out = jnp.dot(patches.reshape(n * ho * wo, k), rhs.reshape(k, cout), precision=precision)
     return out.reshape(n, ho, wo, cout)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _shift_add_conv(x, rhs, precision):
+    """A unit-stride VALID convolution as one matmul of every pixel with every tap's weights, then a sum of
+    kh*kw shifted slices of the result; its gradients are the patch form's.
+
+    The patch form copies each input pixel kh*kw times before its matmul; on XLA:CPU those copies (strided
+    slices and a concatenation) were about a third of PGD's and Square's time. This forward pass writes one
+    (H, W, kh*kw*cout) product instead, which is smaller where cout <= cin. Its autodiff backward was slower
+    than the patch form's (pads of the shifted slices, then a matmul over kh*kw*cout), so the backward pass is
+    the patch form's own VJP: scripts/peer_pgd.py and scripts/peer_autoattack.py measure both attacks.
+    """
+    kh, kw, cin, cout = rhs.shape
+    n, hp, wp, _ = x.shape
+    ho, wo = hp - kh + 1, wp - kw + 1
+    taps = rhs.transpose(2, 0, 1, 3).reshape(cin, kh * kw * cout)  # columns (i, j, o)
+    product = jnp.dot(x.reshape(-1, cin), taps, precision=precision).reshape(n, hp, wp, kh * kw, cout)
+    out = product[:, :ho, :wo, 0]
+    for tap in range(1, kh * kw):
+        i, j = divmod(tap, kw)
+        out = out + product[:, i:i + ho, j:j + wo, tap]
+    return out
+
+
+def _shift_add_fwd(x, rhs, precision):
+    return _shift_add_conv(x, rhs, precision), (x, rhs)
+
+
+def _shift_add_bwd(precision, residuals, g):
+    x, rhs = residuals
+    _, vjp = jax.vjp(lambda a, b: _patches_times_kernel(a, b, 1, 1, precision), x, rhs)
+    return vjp(g)
+
+
+_shift_add_conv.defvjp(_shift_add_fwd, _shift_add_bwd)
 
 
 def _space_to_depth_conv(lhs, rhs, s: int, pads, precision):

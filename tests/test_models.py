@@ -55,6 +55,27 @@ def test_matmul_conv_equals_lax_conv(kernel, stride, padding):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("kernel,stride,padding,cin,cout", [(3, 1, "SAME", 4, 2), (4, 2, ((1, 1), (1, 1)), 16, 32),
+                                                            (2, 1, "VALID", 3, 3)])
+def test_shift_add_conv_values_and_gradients_equal_lax_conv(kernel, stride, padding, cin, cout):
+    """The shift-add form (unit stride after space-to-depth, cout <= cin: cnn_small's second conv is the middle
+    case) and its patch-form VJP: outputs, input gradient and kernel gradient agree with XLA's convolution."""
+    x = jax.random.normal(jax.random.key(0), (3, 14, 12, cin))
+    w = jax.random.normal(jax.random.key(1), (kernel, kernel, cin, cout))
+    cot = jax.random.normal(jax.random.key(2), lax.conv_general_dilated(
+        x, w, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")).shape)
+
+    def outputs_and_grads(conv):
+        def f(x, w):
+            return jnp.sum(cot * conv(x, w, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")))
+        out = conv(x, w, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return (out, *jax.grad(f, argnums=(0, 1))(x, w))
+
+    for got, want in zip(jax.jit(lambda: outputs_and_grads(matmul_conv))(),
+                         jax.jit(lambda: outputs_and_grads(lax.conv_general_dilated))()):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_conv_for_rejects_unknown_and_resolves_auto():
     with pytest.raises(ValueError, match="unknown conv implementation 'fast'"):
         conv_for("fast")
