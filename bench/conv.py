@@ -8,7 +8,10 @@ matmuls, which XLA:CPU runs at close to its matmul rate.
 
 A strided convolution whose kernel the stride divides (cnn_small's 4x4 stride 2) is first rewritten as a
 stride-1 convolution on the space-to-depth image (each s x s block of pixels becomes s*s*C channels, the
-kernel is rearranged to match), which needs (k/s)^2 slices instead of k^2.
+kernel is rearranged to match), which needs (k/s)^2 slices instead of k^2. A unit-stride convolution with no
+more output than input channels (that stride-1 convolution, for cnn_small's second conv) skips the patches in
+its forward pass: one matmul of every pixel with every tap's weights, then a sum of shifted slices
+(`_shift_add_conv`; its backward pass is the patch form's).
 
 `matmul_conv` has `lax.conv_general_dilated`'s signature, so Flax takes it through `nn.Conv`'s own
 `conv_general_dilated=` hook: the parameter tree (`kernel` HWIO, `bias`) does not change and saved
