@@ -62,14 +62,14 @@ def test_shift_add_conv_values_and_gradients_equal_lax_conv(kernel, stride, padd
     case) and its patch-form VJP: outputs, input gradient and kernel gradient agree with XLA's convolution."""
     x = jax.random.normal(jax.random.key(0), (3, 14, 12, cin))
     w = jax.random.normal(jax.random.key(1), (kernel, kernel, cin, cout))
-    cot = jax.random.normal(jax.random.key(2), lax.conv_general_dilated(
-        x, w, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")).shape)
+    dn = ("NHWC", "HWIO", "NHWC")
+    cot = jax.random.normal(jax.random.key(2), lax.conv_general_dilated(x, w, (stride, stride), padding,
+                                                                        dimension_numbers=dn).shape)
 
     def outputs_and_grads(conv):
         def f(x, w):
-            return jnp.sum(cot * conv(x, w, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")))
-        out = conv(x, w, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return (out, *jax.grad(f, argnums=(0, 1))(x, w))
+            return jnp.sum(cot * conv(x, w, (stride, stride), padding, dimension_numbers=dn))
+        return (conv(x, w, (stride, stride), padding, dimension_numbers=dn), *jax.grad(f, argnums=(0, 1))(x, w))
 
     for got, want in zip(jax.jit(lambda: outputs_and_grads(matmul_conv))(),
                          jax.jit(lambda: outputs_and_grads(lax.conv_general_dilated))()):
