@@ -34,7 +34,7 @@ VOLATILE = ["run_id", "created", "seconds", "git_rev"]
 def _env(devices: int = 1) -> dict:
     env = cli_env(ROOT)
     if devices > 1:
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+        env["XLA_FLAGS"] = f"{env['XLA_FLAGS']} --xla_force_host_platform_device_count={devices}"
     return env
 
 
