@@ -221,7 +221,8 @@ def run_suite(logits_fn, params, x: np.ndarray, y: np.ndarray, suite: Mapping[tu
             idx = np.flatnonzero(worst) if cumulative else np.arange(n)
             cache = Path(cache_dir) / f"{i}-{j}-{name}.npz" if cache_dir is not None else None
             still = attack_examples(attack, logits_fn, params, x, y, idx, norm, eps,
-                                    jax.random.fold_in(jax.random.fold_in(key, i), j), batch_size, pad=cumulative,
+                                    jax.random.fold_in(jax.random.fold_in(key, i), j),
+                                    batch_size * capabilities(attack).batch_scale, pad=cumulative,
                                     cache=cache)
             robust = np.zeros(n, bool)
             robust[idx] = still

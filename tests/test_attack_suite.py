@@ -267,3 +267,34 @@ def test_cumulative_subsets_run_in_batches_of_one_shape_with_little_padding():
     still = evaluate.attack_examples(attack, logits_fn, None, x, y, np.arange(349), "linf", 0.1, jax.random.key(0),
                                      batch_size=100, pad=True)
     assert shapes == [88] * 4 and still.shape == (349,) and still.all()
+
+
+@pytest.mark.parametrize("scale", [1, 3])
+def test_the_suite_runs_an_attack_at_its_batch_scale(small, scale):
+    """Capabilities.batch_scale multiplies the suite's batch size for that attack (Square: 4), cumulative or not."""
+    from bench.contracts import Attack, Capabilities
+
+    logits_fn, params, x, y = small
+    seen = []
+
+    def identity(logits_fn, params, xb, yb, key):
+        seen.append(xb.shape[0])
+        return xb
+
+    suite = {(0.1, "identity"): Attack(identity, Capabilities(batch_scale=scale))}
+    for cumulative in (False, True):
+        seen.clear()
+        evaluate.run_suite(logits_fn, params, x[:48], y[:48], suite, "linf", jax.random.key(0), batch_size=8,
+                           progress=False, cumulative=cumulative)
+        assert seen and max(seen) == 8 * scale, (cumulative, seen)
+
+
+def test_square_forward_in_halves_gives_the_same_logits(small):
+    """From 256 examples on the CPU, Square scores its candidates as two halves of the batch: the same logits."""
+    from bench.attacks.square import _forward
+
+    logits_fn, params, x, _ = small
+    xb = jnp.asarray(np.resize(x, (256, *x.shape[1:])))
+    whole = logits_fn(params, xb)
+    np.testing.assert_allclose(np.asarray(jax.jit(lambda v: _forward(logits_fn, params, v, None))(xb)),
+                               np.asarray(whole), atol=1e-5, rtol=1e-5)

@@ -26,7 +26,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from bench.threat import broadcast_rows, Norm, apply_logits, check_eps, flat_norm, margin, parse_norm, project
+from bench.threat import broadcast_rows, Norm, apply_logits, check_eps, flat_norm, is_stochastic, margin, parse_norm, project
 from bench.contracts import Attack, Capabilities
 from bench.errors import BenchError
 
@@ -51,6 +51,15 @@ def _fraction(i, p_init):
 
 
 
+def _forward(logits_fn, params, x, key):
+    """The logits of x; on the CPU, from 256 examples up, as two independent forward passes over the halves of the
+    batch, which XLA runs side by side (Square on 352 examples: 2.08 -> 1.90 s in one probe; at 88 it was slower)."""
+    n = x.shape[0]
+    if jax.default_backend() != "cpu" or n < 256 or n % 2 or is_stochastic(logits_fn):
+        return apply_logits(logits_fn, params, x, key)
+    return jnp.concatenate([logits_fn(params, half) for half in jnp.split(x, 2)])
+
+
 @partial(jax.jit, static_argnames=("logits_fn", "norm", "n_queries"))
 def square_core(logits_fn, params, x, y, key, eps, p_init, *, norm: Norm, n_queries: int):
     """The jitted random search; returns x_adv (misclassified where found, else the lowest-margin point)."""
@@ -59,7 +68,7 @@ def square_core(logits_fn, params, x, y, key, eps, p_init, *, norm: Norm, n_quer
     cols = jnp.arange(w).reshape(1, 1, w, 1)
 
     def score(x_adv, k):
-        logits = apply_logits(logits_fn, params, x_adv, k)
+        logits = _forward(logits_fn, params, x_adv, k)
         return -margin(logits, y), jnp.argmax(logits, -1) != y  # z_y - max_{j!=y} z_j, lower is better
 
     k_init, k_loop = jax.random.split(key)
@@ -142,4 +151,4 @@ def square(*, norm: str = "linf", eps: float, n_queries: int = 5000, p_init: flo
     def attack(logits_fn, params, x, y, key):
         return square_core(logits_fn, params, x, y, key, jnp.float32(eps), jnp.float32(p_init), **static)
 
-    return Attack(attack, Capabilities(gradient_free=True))
+    return Attack(attack, Capabilities(gradient_free=True, batch_scale=4))
