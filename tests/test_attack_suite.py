@@ -132,6 +132,20 @@ def test_square_uses_no_gradients_and_breaks_examples(small):
     assert _robust(logits_fn, params, x_l2, y) < evaluate.accuracy(logits_fn, params, x, y) - 0.1
 
 
+def test_square_rescaled_schedule_is_the_raw_one_at_10000_queries_only(small):
+    """rescale_schedule counts the p schedule out of 10,000 over the budget: the same search at 10,000 queries, a
+    different one (squares halved earlier) at fewer."""
+    logits_fn, params, x, y = small
+    xb, yb = jnp.asarray(x[:4]), jnp.asarray(y[:4])
+
+    def run(n_queries, rescale):  # eps so small that no example is broken: the search runs its whole budget
+        attack = ATTACKS["square"](norm="linf", eps=1e-3, n_queries=n_queries, rescale_schedule=rescale)
+        return np.asarray(attack(logits_fn, params, xb, yb, jax.random.key(0)))
+
+    np.testing.assert_array_equal(run(10000, True), run(10000, False))
+    assert not np.array_equal(run(60, True), run(60, False))
+
+
 def test_cw_needs_less_l2_than_eps_bounded_pgd(small):
     logits_fn, params, x, y = small
     xj, yj, key, eps = jnp.asarray(x), jnp.asarray(y), jax.random.key(0), 1.0

@@ -60,8 +60,9 @@ def _forward(logits_fn, params, x, key):
     return jnp.concatenate([logits_fn(params, half) for half in jnp.split(x, 2)])
 
 
-@partial(jax.jit, static_argnames=("logits_fn", "norm", "n_queries"))
-def square_core(logits_fn, params, x, y, key, eps, p_init, *, norm: Norm, n_queries: int):
+@partial(jax.jit, static_argnames=("logits_fn", "norm", "n_queries", "rescale_schedule"))
+def square_core(logits_fn, params, x, y, key, eps, p_init, *, norm: Norm, n_queries: int,
+                rescale_schedule: bool = False):
     """The jitted random search; returns x_adv (misclassified where found, else the lowest-margin point)."""
     n, h, w, c = x.shape
     rows = jnp.arange(h).reshape(1, h, 1, 1)
@@ -119,7 +120,9 @@ def square_core(logits_fn, params, x, y, key, eps, p_init, *, norm: Norm, n_quer
     def body(s):
         i, x_cur, m_cur, found = s
         k = jax.random.fold_in(k_loop, i + 1)
-        size = jnp.sqrt(_fraction(i, p_init) * h * w).round().astype(jnp.int32)
+        # the schedule's iteration: raw (AutoAttack), or stretched to 10,000 over the budget (`rescale_schedule`)
+        it = (i * 10000) // n_queries if rescale_schedule else i
+        size = jnp.sqrt(_fraction(it, p_init) * h * w).round().astype(jnp.int32)
         size = jnp.clip(size, 1, max(h - 1, 1))
         x_new = candidate(k, size, x_cur)
         m_new, adv_new = score(x_new, jax.random.fold_in(k, 1))
@@ -131,7 +134,8 @@ def square_core(logits_fn, params, x, y, key, eps, p_init, *, norm: Norm, n_quer
     return x_best
 
 
-def square(*, norm: str = "linf", eps: float, n_queries: int = 5000, p_init: float = 0.8):
+def square(*, norm: str = "linf", eps: float, n_queries: int = 5000, p_init: float = 0.8,
+           rescale_schedule: bool = False):
     """Square attack `(logits_fn, params, x, y, key) -> x_adv`; no gradients.
 
     Args:
@@ -139,6 +143,9 @@ def square(*, norm: str = "linf", eps: float, n_queries: int = 5000, p_init: flo
       eps: radius of the threat model in [0, 1] pixel units.
       n_queries: query budget per example (5000 in AutoAttack).
       p_init: initial share of pixels a square covers (0.8 in AutoAttack).
+      rescale_schedule: halve the square at the schedule's iterations counted out of 10,000 over n_queries (so
+        at 5,000 queries twice as early), as the Square paper's code can and torchattacks' AutoAttack does; off
+        in AutoAttack's standard version (raw iterations), and by default.
     """
     norm = parse_norm(norm)
     eps = check_eps(norm, eps)
@@ -146,7 +153,7 @@ def square(*, norm: str = "linf", eps: float, n_queries: int = 5000, p_init: flo
         raise BenchError(f"Square needs n_queries >= 1, got {n_queries}")
     if not 0 < float(p_init) <= 1:
         raise BenchError(f"Square needs 0 < p_init <= 1, got {p_init}")
-    static = dict(norm=norm, n_queries=int(n_queries))
+    static = dict(norm=norm, n_queries=int(n_queries), rescale_schedule=bool(rescale_schedule))
 
     def attack(logits_fn, params, x, y, key):
         return square_core(logits_fn, params, x, y, key, jnp.float32(eps), jnp.float32(p_init), **static)
