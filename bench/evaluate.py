@@ -128,14 +128,15 @@ def attack_examples(attack, logits_fn, params, x, y, idx, norm, eps, key, batch_
     target_fn, target_params = (logits_fn, params) if score_on is None else score_on
     still = np.zeros(len(idx), bool)
     done = 0
+    batch = _even_batch(len(idx), batch_size) if pad else batch_size
     if cache is not None and cache.is_file():
         try:
             with np.load(cache, allow_pickle=False) as saved:
-                if np.array_equal(saved["idx"], idx):
+                # `done` counts batches: trusted only for the same examples in batches of the same size
+                if np.array_equal(saved["idx"], idx) and int(saved["batch"]) == batch:
                     still, done = saved["still"].copy(), int(saved["done"])
-        except (OSError, ValueError, KeyError):  # a damaged cache is recomputed, never trusted
+        except (OSError, ValueError, KeyError):  # a damaged or older cache is recomputed, never trusted
             done = 0
-    batch = _even_batch(len(idx), batch_size) if pad else batch_size
     for b, s in enumerate(_batches(len(idx), batch)):
         if b < done:
             continue
@@ -154,7 +155,7 @@ def attack_examples(attack, logits_fn, params, x, y, idx, norm, eps, key, batch_
         still[s] = (pred == yb)[:m]
         if cache is not None:
             buffer = io.BytesIO()
-            np.savez(buffer, idx=idx, still=still, done=b + 1)
+            np.savez(buffer, idx=idx, still=still, done=b + 1, batch=batch)
             atomic_write_bytes(cache, buffer.getvalue())
     return still
 

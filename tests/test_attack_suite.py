@@ -305,10 +305,10 @@ def test_the_suite_runs_an_attack_at_its_batch_scale(small, scale):
 
 def test_square_forward_in_halves_gives_the_same_logits(small):
     """From 256 examples on the CPU, Square scores its candidates as two halves of the batch: the same logits."""
-    from bench.attacks.square import _forward
+    from bench.attacks.square import _logits_in_halves
 
     logits_fn, params, x, _ = small
     xb = jnp.asarray(np.resize(x, (256, *x.shape[1:])))
     whole = logits_fn(params, xb)
-    np.testing.assert_allclose(np.asarray(jax.jit(lambda v: _forward(logits_fn, params, v, None))(xb)),
+    np.testing.assert_allclose(np.asarray(jax.jit(lambda v: _logits_in_halves(logits_fn, params, v, None))(xb)),
                                np.asarray(whole), atol=1e-5, rtol=1e-5)

@@ -169,13 +169,20 @@ def test_evaluation_resumes_from_per_example_cache(trained_digits, tmp_path):
     assert len(calls) == 3
     cache = tmp_path / "0-0-pgd.npz"
     with np.load(cache) as saved:  # as if killed after the first batch
-        partial = dict(idx=saved["idx"], still=np.where(np.arange(96) < 32, saved["still"], False), done=1)
+        partial = dict(idx=saved["idx"], still=np.where(np.arange(96) < 32, saved["still"], False), done=1,
+                       batch=saved["batch"])
     np.savez(cache, **partial)
     calls.clear()
     again, again_examples, *_ = evaluate.run_suite(logits_fn, params, x, y, suite, "linf", jax.random.key(0), **kwargs)
     assert len(calls) == 2  # batches 2 and 3 only
     np.testing.assert_array_equal(first_examples[(0.1, "worst_case")], again_examples[(0.1, "worst_case")])
     assert [r["value"] for r in first] == [r["value"] for r in again]
+    # batches of another size (an attack's batch_scale, another suite.batch_size): the count of done batches
+    # means other examples, so the cache is not trusted
+    np.savez(cache, **partial)
+    calls.clear()
+    evaluate.run_suite(logits_fn, params, x, y, suite, "linf", jax.random.key(0), **{**kwargs, "batch_size": 48})
+    assert len(calls) == 2  # both batches of 48, none skipped
 
 
 # ---- sweeps: 8 parallel jobs into one folder; the submitit (SLURM) code path -----------------------------------

@@ -51,7 +51,7 @@ def _fraction(i, p_init):
 
 
 
-def _forward(logits_fn, params, x, key):
+def _logits_in_halves(logits_fn, params, x, key):
     """The logits of x; on the CPU, from 256 examples up, as two independent forward passes over the halves of the
     batch, which XLA runs side by side (Square on 352 examples: 2.08 -> 1.90 s in one probe; at 88 it was slower)."""
     n = x.shape[0]
@@ -69,7 +69,7 @@ def square_core(logits_fn, params, x, y, key, eps, p_init, *, norm: Norm, n_quer
     cols = jnp.arange(w).reshape(1, 1, w, 1)
 
     def score(x_adv, k):
-        logits = _forward(logits_fn, params, x_adv, k)
+        logits = _logits_in_halves(logits_fn, params, x_adv, k)
         return -margin(logits, y), jnp.argmax(logits, -1) != y  # z_y - max_{j!=y} z_j, lower is better
 
     k_init, k_loop = jax.random.split(key)
