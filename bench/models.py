@@ -35,7 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench.conv import conv_for
+from bench.conv import (conv_for, conv_to_space_to_depth, matmul_conv, space_to_depth_input_conv,
+                        writes_space_to_depth)
 
 LogitsFn = Callable[[dict, jax.Array], jax.Array]
 
@@ -50,8 +51,26 @@ class Normalize(nn.Module):
         return (x - jnp.asarray(self.mean, x.dtype)) / jnp.asarray(self.std, x.dtype)
 
 
+class ConvWeights(nn.Module):
+    """An `nn.Conv`'s parameters (HWIO `kernel`, `bias`, its initialisers), for a layer that convolves itself."""
+
+    features: int
+    kernel: int
+
+    @nn.compact
+    def __call__(self, in_features: int):
+        shape = (self.kernel, self.kernel, in_features, self.features)
+        return (self.param("kernel", nn.linear.default_kernel_init, shape),
+                self.param("bias", nn.initializers.zeros_init(), (self.features,)))
+
+
 class ConvNet(nn.Module):
-    """Normalize, then conv layers (filters, kernel, stride, padding), flatten, dense layers, logits."""
+    """Normalize, then conv layers (filters, kernel, stride, padding), flatten, dense layers, logits.
+
+    With the matmul convolution, a conv whose output feeds a space-to-depth conv (cnn_small's two) writes that
+    output straight in the next conv's input layout (bench/conv.py, `conv_to_space_to_depth`); both keep
+    `nn.Conv`'s parameters, so the parameter tree is the same for every `conv=`.
+    """
 
     num_classes: int
     mean: tuple[float, ...]
@@ -64,10 +83,23 @@ class ConvNet(nn.Module):
     def __call__(self, x):
         x = Normalize(tuple(self.mean), tuple(self.std))(x)
         conv = conv_for(self.conv)
-        for filters, kernel, stride, padding in self.convs:
-            pad = padding if isinstance(padding, str) else ((padding, padding), (padding, padding))
-            x = nn.relu(nn.Conv(filters, (kernel, kernel), strides=(stride, stride), padding=pad,
-                                conv_general_dilated=conv)(x))
+        layers = [(filters, kernel, stride, padding if isinstance(padding, str) else ((padding, padding),) * 2)
+                  for filters, kernel, stride, padding in self.convs]
+        s2d_out_hw = None  # set while x is already this layer's padded space-to-depth input
+        for i, (filters, kernel, stride, pad) in enumerate(layers):
+            following = layers[i + 1] if i + 1 < len(layers) else None
+            if s2d_out_hw is not None:
+                w, b = ConvWeights(filters, kernel, name=f"Conv_{i}")(layers[i - 1][0])
+                x, s2d_out_hw = space_to_depth_input_conv(x, w, stride, s2d_out_hw) + b, None
+            elif (conv is matmul_conv and following is not None
+                  and writes_space_to_depth(kernel, stride, following[1], following[2])):
+                w, b = ConvWeights(filters, kernel, name=f"Conv_{i}")(x.shape[-1])
+                x, s2d_out_hw = conv_to_space_to_depth(x, w, b, stride, pad, following[1], following[2],
+                                                       following[3])
+            else:
+                x = nn.Conv(filters, (kernel, kernel), strides=(stride, stride), padding=pad,
+                            conv_general_dilated=conv, name=f"Conv_{i}")(x)
+            x = nn.relu(x)
         x = x.reshape(x.shape[0], -1)
         for width in self.dense:
             x = nn.relu(nn.Dense(width)(x))

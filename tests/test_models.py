@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from jax import lax
 
-from bench.conv import conv_for, matmul_conv
+from bench.conv import (conv_for, conv_to_space_to_depth, matmul_conv, space_to_depth_input_conv,
+                        writes_space_to_depth)
 from bench.models import MODELS, init_params, make_logits_fn
 
 
@@ -53,6 +54,44 @@ def test_matmul_conv_equals_lax_conv(kernel, stride, padding):
     got = matmul_conv(x, w, (stride, stride), padding, dimension_numbers=dn)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("first,second", [((4, 2, ((1, 1), (1, 1))), (4, 2, ((1, 1), (1, 1)))),
+                                          ((3, 2, "SAME"), (4, 2, "SAME")), ((2, 1, "VALID"), (4, 2, ((2, 0), (1, 2)))),
+                                          ((5, 3, ((2, 1), (0, 2))), (6, 3, "VALID")), ((3, 3, "SAME"), (2, 2, "SAME"))])
+def test_conv_written_as_the_next_convs_space_to_depth_input_equals_two_lax_convs(first, second):
+    """Two convs with a ReLU between them, the first written straight in the second's space-to-depth layout
+    (odd sizes, asymmetric and SAME padding, windows that fill or do not fill a block): the output, the input
+    gradient and both kernel gradients agree with XLA's convolutions."""
+    (k1, s1, p1), (k2, s2, p2) = first, second
+    assert writes_space_to_depth(k1, s1, k2, s2)
+    x = jax.random.normal(jax.random.key(0), (2, 13, 11, 2))
+    w1, b1 = jax.random.normal(jax.random.key(1), (k1, k1, 2, 3)), jax.random.normal(jax.random.key(2), (3,))
+    w2 = jax.random.normal(jax.random.key(3), (k2, k2, 3, 4))
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def reference(x, w1, w2):
+        h = jax.nn.relu(lax.conv_general_dilated(x, w1, (s1, s1), p1, dimension_numbers=dn) + b1)
+        return lax.conv_general_dilated(h, w2, (s2, s2), p2, dimension_numbers=dn)
+
+    def fused(x, w1, w2):
+        z, out_hw = conv_to_space_to_depth(x, w1, b1, s1, p1, k2, s2, p2)
+        return space_to_depth_input_conv(jax.nn.relu(z), w2, s2, out_hw)
+
+    cot = jax.random.normal(jax.random.key(4), reference(x, w1, w2).shape)
+    for f in (reference, fused):
+        assert f(x, w1, w2).shape == cot.shape
+    got, want = (jax.jit(lambda: (f(x, w1, w2), *jax.grad(lambda *a: jnp.sum(cot * f(*a)), argnums=(0, 1, 2))(x, w1, w2)))()
+                 for f in (fused, reference))
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_a_window_wider_than_a_block_is_not_written_as_space_to_depth():
+    """cnn_medium's 3x3 stride-1 conv before a 4x4 stride-2 one reads 3 rows per pixel, more than a block of 2."""
+    assert not writes_space_to_depth(3, 1, 4, 2) and not writes_space_to_depth(4, 2, 3, 2)
+    with pytest.raises(ValueError, match="at most stride \\* next_stride"):
+        conv_to_space_to_depth(jnp.zeros((1, 8, 8, 1)), jnp.zeros((3, 3, 1, 2)), jnp.zeros(2), 1, "SAME", 4, 2, "SAME")
 
 
 @pytest.mark.parametrize("kernel,stride,padding,cin,cout", [(3, 1, "SAME", 4, 2), (4, 2, ((1, 1), (1, 1)), 16, 32),
