@@ -285,7 +285,7 @@ def test_cumulative_subsets_run_in_batches_of_one_shape_with_little_padding():
 
 @pytest.mark.parametrize("scale", [1, 3])
 def test_the_suite_runs_an_attack_at_its_batch_scale(small, scale):
-    """Capabilities.batch_scale multiplies the suite's batch size for that attack (Square: 4), cumulative or not."""
+    """Capabilities.batch_scale multiplies the suite's batch size for that attack (Square: 8), cumulative or not."""
     from bench.contracts import Attack, Capabilities
 
     logits_fn, params, x, y = small
@@ -304,11 +304,13 @@ def test_the_suite_runs_an_attack_at_its_batch_scale(small, scale):
 
 
 def test_square_forward_in_halves_gives_the_same_logits(small):
-    """From 256 examples on the CPU, Square scores its candidates as two halves of the batch: the same logits."""
+    """From 256 examples on the CPU, Square scores its candidates as two halves of the batch (an odd batch in
+    halves one example apart): the same logits, in order."""
     from bench.attacks.square import _logits_in_halves
 
     logits_fn, params, x, _ = small
-    xb = jnp.asarray(np.resize(x, (256, *x.shape[1:])))
-    whole = logits_fn(params, xb)
-    np.testing.assert_allclose(np.asarray(jax.jit(lambda v: _logits_in_halves(logits_fn, params, v, None))(xb)),
-                               np.asarray(whole), atol=1e-5, rtol=1e-5)
+    for n in (256, 257):
+        xb = jnp.asarray(np.resize(x, (n, *x.shape[1:])))
+        whole = logits_fn(params, xb)
+        np.testing.assert_allclose(np.asarray(jax.jit(lambda v: _logits_in_halves(logits_fn, params, v, None))(xb)),
+                                   np.asarray(whole), atol=1e-5, rtol=1e-5)
