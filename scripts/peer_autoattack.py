@@ -40,9 +40,8 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from bench import data as bench_data
-from bench import evaluate, models, sanity, train
+from bench import evaluate, sanity
 from bench.attacks import check_threat_model
-from bench.defenses import pgd_at, standard
 from bench.records import atomic_write_bytes
 
 try:
@@ -54,25 +53,10 @@ except ImportError:
              "(e.g. /tmp/venv-peers/bin/python) or `make peers-autoattack`")
 
 from torch_twins import flax_cnn_small_to_torch, to_nchw  # noqa: E402  (scripts/, after torch)
+from aa_models import train_model  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 LOGIT_ATOL = 1e-3
-
-
-def train_model(d, seed: int, defense: str, epochs: int):
-    """A cnn_small trained on mnist5k: "standard" or "pgd_at" (PGD-10, eps 0.3, warm-up over a quarter)."""
-    model = models.cnn_small(d.num_classes, d.mean, d.std)
-    logits_fn = models.make_logits_fn(model)
-    params = models.init_params(model, jax.random.key(seed), d.image_shape)
-    per_epoch = train.steps_per_epoch(len(d.y_train), 64)
-    if defense == "standard":
-        objective = standard(logits_fn)
-    else:
-        objective = pgd_at(logits_fn, eps=0.3, steps=10, warmup_steps=(epochs * per_epoch) // 4)
-    optimizer = train.make_optimizer("adam", 1e-3, "cosine", epochs * per_epoch)
-    params, _ = train.train(objective, params, optimizer, d.x_train, d.y_train, epochs=epochs, batch_size=64,
-                            key=jax.random.key(seed + 1), progress=False)
-    return logits_fn, params
 
 
 def assert_same_logits(logits_fn, params, net, x) -> float:
