@@ -157,14 +157,14 @@ def dlr(logits, labels):
 
     Invariant to shifting and rescaling the logits; needs at least 3 classes.
     """
-    ranked = jnp.sort(logits, axis=-1)
-    return margin(logits, labels) / (ranked[:, -1] - ranked[:, -3] + 1e-12)
+    ranked = jax.lax.top_k(logits, 3)[0]  # descending; on the CPU a full sort was about 5x slower in a loop
+    return margin(logits, labels) / (ranked[:, 0] - ranked[:, 2] + 1e-12)
 
 
 def dlr_targeted(logits, labels, targets):
     """Targeted DLR (Croce & Hein 2020): -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2); needs at least 4 classes."""
-    ranked = jnp.sort(logits, axis=-1)
-    scale = ranked[:, -1] - 0.5 * (ranked[:, -3] + ranked[:, -4]) + 1e-12
+    ranked = jax.lax.top_k(logits, 4)[0]
+    scale = ranked[:, 0] - 0.5 * (ranked[:, 2] + ranked[:, 3]) + 1e-12
     return -(_true_logit(logits, labels) - _true_logit(logits, targets)) / scale
 
 

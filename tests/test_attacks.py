@@ -139,3 +139,31 @@ def test_every_attack_states_its_capabilities_and_handles_a_stochastic_model(nam
     norm, attack = next(iter(built.items()))  # one norm is enough to show the draws reach the model (compiles once)
     check_threat_model(x, attack(noisy, params, x, y, jax.random.key(0)), norm, EPS[norm])
     assert keys_seen  # the model was called with a key
+
+
+
+def test_dlr_losses_equal_the_papers_formulas():
+    """DLR and targeted DLR (Croce & Hein 2020) against the formulas written with a full sort: values on random
+    logits and on rows with tied top logits, and input gradients (rows without ties, where the gradient is unique)."""
+    from bench.threat import dlr, dlr_targeted
+
+    z = jax.random.normal(jax.random.key(0), (64, 10))
+    tied = z.at[:8, :4].set(1.5)
+    y, t = jnp.arange(64) % 10, (jnp.arange(64) + 3) % 10
+    rows = jnp.arange(64)
+
+    def sorted_dlr(v):
+        s = jnp.sort(v, axis=1)
+        other = jnp.max(jnp.where(jnp.arange(10) == y[:, None], -jnp.inf, v), axis=1)
+        return -(v[rows, y] - other) / (s[:, -1] - s[:, -3] + 1e-12)
+
+    def sorted_dlr_targeted(v):
+        s = jnp.sort(v, axis=1)
+        return -(v[rows, y] - v[rows, t]) / (s[:, -1] - 0.5 * (s[:, -3] + s[:, -4]) + 1e-12)
+
+    for v in (z, tied):
+        np.testing.assert_allclose(dlr(v, y), sorted_dlr(v), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(dlr_targeted(v, y, t), sorted_dlr_targeted(v), rtol=1e-5, atol=1e-6)
+    for ours, reference in ((lambda v: dlr(v, y), sorted_dlr), (lambda v: dlr_targeted(v, y, t), sorted_dlr_targeted)):
+        np.testing.assert_allclose(jax.grad(lambda v: jnp.sum(jnp.sin(ours(v))))(z),
+                                   jax.grad(lambda v: jnp.sum(jnp.sin(reference(v))))(z), rtol=1e-5, atol=1e-6)
