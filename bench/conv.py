@@ -237,8 +237,8 @@ def conv_to_space_to_depth(x, rhs, bias, stride: int, padding, next_kernel: int,
     tops = [s1 * next_pads[d][0] + pads[d][0] for d in (0, 1)]
     bottoms = [max(0, s1 * (s2 - 1) + t * blocks[d] - size - tops[d]) for d, size in enumerate((h, w))]
     # Rows x (columns * channels): a single-channel image's (N, H, W, 1) pads and slices (and their transposes in
-    # the backward pass) left XLA:CPU a minor dimension of 1, which it does not vectorise (an attack's update,
-    # fused into the pad, ran about 3x slower)
+    # the backward pass) left XLA:CPU a minor dimension of 1, which it does not vectorise (a pad of an
+    # elementwise update of 238 MNIST images took 416 us that way, 156 us as rows x columns, in a probe)
     xp = jnp.pad(x.reshape(n, h, w * cin), ((0, 0), (tops[0], bottoms[0]), (tops[1] * cin, bottoms[1] * cin)))
     windows = []
     for a in range(s2):
