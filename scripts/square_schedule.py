@@ -27,6 +27,7 @@ from hydra.utils import instantiate
 from bench import data as bench_data
 from bench import evaluate
 from bench.attacks import square
+from bench.contracts import capabilities
 from bench.records import atomic_write_bytes
 
 from aa_models import train_model  # noqa: E402  (scripts/)
@@ -69,7 +70,8 @@ def main(argv=None) -> int:
                 attack = square(eps=eps, n_queries=5000, rescale_schedule=rescale)
                 t0 = time.perf_counter()
                 robust[rescale] = evaluate.attack_examples(attack, logits_fn, params, x, y, left, "linf", eps,
-                                                           jax.random.key(100 + seed), batch * 8, pad=True)
+                                                           jax.random.key(100 + seed),
+                                                           batch * capabilities(attack).batch_scale, pad=True)
                 seconds[rescale] = time.perf_counter() - t0
             rows.append((defense, eps, len(left), seed, int(robust[False].sum()), int(robust[True].sum()),
                          int((~robust[False] & robust[True]).sum()), int((robust[False] & ~robust[True]).sum()),

@@ -6,8 +6,9 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Most tests are compile-bound (small models, a few steps): compiled with XLA's LLVM backend at optimisation level
-# 0 they compile about twice as fast and run a little slower (tests/test_models.py alone: 47 -> 25 s). The tests check properties, not speed; every run outside them (the CLI,
-# scripts/, make bench) compiles at XLA's default level. The CLI runs the tests start get the same flag (cli_env).
+# 0 they compile about twice as fast and run a little slower (tests/test_models.py alone: 47 -> 25 s). The tests
+# check properties, not speed; every run outside them (the CLI, scripts/, make bench) compiles at XLA's default
+# level. The CLI runs the tests start get the same flag (cli_env).
 TEST_XLA_FLAG = "--xla_backend_optimization_level=0"
 if TEST_XLA_FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAG}".strip()
