@@ -37,6 +37,7 @@ import numpy as np
 
 from bench.conv import (conv_for, conv_to_space_to_depth, matmul_conv, space_to_depth_input_conv,
                         writes_space_to_depth)
+from bench.window import window_forward
 
 LogitsFn = Callable[[dict, jax.Array], jax.Array]
 
@@ -200,12 +201,15 @@ def make_logits_fn(model: nn.Module) -> LogitsFn:
     """The pure function every attack, defense and certifier works with.
 
     Build it once per model and reuse it: jitted attacks treat it as a static
-    argument, so the same object means no retracing.
+    argument, so the same object means no retracing. A `ConvNet` with conv layers also gets
+    `logits_fn.window_forward` (bench/window.py), which the Square attack uses for its small windows.
     """
 
     def logits_fn(params, x):
         return model.apply({"params": params}, x)
 
+    if isinstance(model, ConvNet) and model.convs:
+        logits_fn.window_forward = window_forward(model)
     return logits_fn
 
 

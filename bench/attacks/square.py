@@ -51,22 +51,57 @@ def _fraction(i, p_init):
 
 
 
+def _in_halves(fn, *batches):
+    """fn(*batches); on the CPU, from 256 examples up, as two independent calls on the halves of the batch (split
+    at (n + 1) // 2), which XLA runs side by side (Square on 352 examples: 2.08 -> 1.90 s in one probe; at 88 it
+    was slower)."""
+    n = batches[0].shape[0]
+    if jax.default_backend() != "cpu" or n < 256:
+        return fn(*batches)
+    m = (n + 1) // 2
+    return jnp.concatenate([fn(*(b[:m] for b in batches)), fn(*(b[m:] for b in batches))])
+
+
 def _logits_in_halves(logits_fn, params, x, key):
-    """The logits of x; on the CPU, from 256 examples up, as two independent forward passes over the halves of the
-    batch, which XLA runs side by side (Square on 352 examples: 2.08 -> 1.90 s in one probe; at 88 it was slower)."""
-    n = x.shape[0]
-    if jax.default_backend() != "cpu" or n < 256 or is_stochastic(logits_fn):
+    """The logits of x, in halves on the CPU from 256 examples up (`_in_halves`; not for a stochastic model)."""
+    if is_stochastic(logits_fn):
         return apply_logits(logits_fn, params, x, key)
-    return jnp.concatenate([logits_fn(params, x[:(n + 1) // 2]), logits_fn(params, x[(n + 1) // 2:])])
+    return _in_halves(lambda part: logits_fn(params, part), x)
 
 
-@partial(jax.jit, static_argnames=("logits_fn", "norm", "n_queries", "rescale_schedule"))
+# The window sides (largest first) at which the search uses the model's `window_forward` (bench/window.py): once
+# the square is at most this wide, a query recomputes only the block of the last conv layer's output that the
+# window reaches. On cnn_small at 28x28, side 4 recomputes 4x4 of the 7x7 map and side 2 (also for side 1) 3x3.
+WINDOW_SIDES = (4, 2)
+
+
+def _window_sides(logits_fn, norm: Norm, image_hw) -> tuple[int, ...]:
+    """The WINDOW_SIDES for which the model's window forward recomputes at most half of its last conv map; none
+    for a model without one, a stochastic model, or the L2 search (whose projection changes the whole image)."""
+    forward = getattr(logits_fn, "window_forward", None)
+    if forward is None or norm != Norm.LINF or is_stochastic(logits_fn):
+        return ()
+    sides = []
+    for side in WINDOW_SIDES:
+        (block_h, map_h), (block_w, map_w) = forward.block(image_hw, side)
+        if 2 * block_h * block_w <= map_h * map_w:
+            sides.append(side)
+    return tuple(sides)
+
+
+@partial(jax.jit, static_argnames=("logits_fn", "norm", "n_queries", "rescale_schedule", "window_forward"))
 def square_core(logits_fn, params, x, y, key, eps, p_init, *, norm: Norm, n_queries: int,
-                rescale_schedule: bool = False):
-    """The jitted random search; returns x_adv (misclassified where found, else the lowest-margin point)."""
+                rescale_schedule: bool = False, window_forward: bool = True):
+    """The jitted random search; returns x_adv (misclassified where found, else the lowest-margin point).
+
+    With `window_forward` (and a model that has one, see `_window_sides`), the queries of squares at most
+    WINDOW_SIDES wide recompute only what the window reaches; the search (its windows, signs and acceptances) is
+    the same, up to float rounding in the margins.
+    """
     n, h, w, c = x.shape
     rows = jnp.arange(h).reshape(1, h, 1, 1)
     cols = jnp.arange(w).reshape(1, 1, w, 1)
+    sides = _window_sides(logits_fn, norm, (h, w)) if window_forward else ()
 
     def score(x_adv, k):
         logits = _logits_in_halves(logits_fn, params, x_adv, k)
@@ -88,50 +123,76 @@ def square_core(logits_fn, params, x, y, key, eps, p_init, *, norm: Norm, n_quer
         left = jax.random.randint(k_c, (n, 1, 1, 1), 0, w - size + 1)
         inside = (rows >= top) & (rows < top + size) & (cols >= left) & (cols < left + size)
         centre = (top + (size - 1) / 2.0, left + (size - 1) / 2.0)
-        return inside, jnp.maximum(jnp.abs(rows - centre[0]), jnp.abs(cols - centre[1]))
+        return inside, jnp.maximum(jnp.abs(rows - centre[0]), jnp.abs(cols - centre[1])), (top[:, 0, 0, 0],
+                                                                                           left[:, 0, 0, 0])
 
     def candidate_linf(k, size, x_cur):
         k_w, k_s = jax.random.split(k)
-        inside, _ = window(k_w, size)
+        inside, _, corner = window(k_w, size)
         signs = jax.random.rademacher(k_s, (n, 1, 1, c), dtype=x.dtype)
         delta = x_cur - x
         first = jnp.clip(x + jnp.where(inside, eps * signs, delta), 0.0, 1.0)
         unchanged = _row_sums(jnp.abs(first - x_cur)) < 1e-7
         flipped = jnp.clip(x + jnp.where(inside, -eps * signs, delta), 0.0, 1.0)
-        return jnp.where(broadcast_rows(unchanged, x), flipped, first)
+        return jnp.where(broadcast_rows(unchanged, x), flipped, first), corner
 
     def candidate_l2(k, size, x_cur):
         k_1, k_2, k_s = jax.random.split(k, 3)
-        inside, dist = window(k_1, size)
-        other, _ = window(k_2, size)
+        inside, dist, _ = window(k_1, size)
+        other, _, _ = window(k_2, size)
         delta = x_cur - x
         both = inside | other
         spare = jnp.maximum(eps ** 2 - _row_sums(delta * delta), 0.0)
         mass = jnp.sqrt(_row_sums(jnp.where(both, delta, 0.0) ** 2) + spare)
         pattern = jnp.where(inside, 1.0 / (dist + 1.0) ** 2, 0.0) * jax.random.rademacher(k_s, (n, 1, 1, c), x.dtype)
         pattern = pattern * broadcast_rows(mass / jnp.maximum(_row_norms(pattern), 1e-12), x)
-        return project(x, x + jnp.where(both, 0.0, delta) + pattern, norm, eps)
+        return project(x, x + jnp.where(both, 0.0, delta) + pattern, norm, eps), None
 
     candidate = candidate_linf if norm == Norm.LINF else candidate_l2
 
-    def cond(s):
-        return (s[0] < n_queries) & ~jnp.all(s[3])
-
-    def body(s):
-        i, x_cur, m_cur, found = s
-        k = jax.random.fold_in(k_loop, i + 1)
+    def square_side(i):
         # the schedule's iteration: raw (AutoAttack), or stretched to 10,000 over the budget (`rescale_schedule`)
         it = (i * 10000) // n_queries if rescale_schedule else i
         size = jnp.sqrt(_fraction(it, p_init) * h * w).round().astype(jnp.int32)
-        size = jnp.clip(size, 1, max(h - 1, 1))
-        x_new = candidate(k, size, x_cur)
-        m_new, adv_new = score(x_new, jax.random.fold_in(k, 1))
-        accept = ~found & (m_new < m_cur)
-        x_cur = jnp.where(broadcast_rows(accept, x), x_new, x_cur)
-        return i + 1, x_cur, jnp.where(accept, m_new, m_cur), found | (accept & adv_new)
+        return jnp.clip(size, 1, max(h - 1, 1))
 
-    _, x_best, _, _ = jax.lax.while_loop(cond, body, (0, x_best, m_best, found))
-    return x_best
+    def search(state, side, until):
+        """Queries while the square is wider than `until` (to the end: None), each with the whole forward pass
+        (side None) or the window forward for squares at most `side` wide. The state is (i, x_cur, m_cur, found,
+        the window forward's features of x_cur or None)."""
+        forward = logits_fn.window_forward if side else None
+
+        def cond(s):
+            going = (s[0] < n_queries) & ~jnp.all(s[3])
+            return going if until is None else going & (square_side(s[0]) > until)
+
+        def body(s):
+            i, x_cur, m_cur, found, feats = s
+            k = jax.random.fold_in(k_loop, i + 1)
+            x_new, corner = candidate(k, square_side(i), x_cur)
+            if forward is None:
+                m_new, adv_new = score(x_new, jax.random.fold_in(k, 1))
+            else:
+                feats_new = _in_halves(lambda *a: forward.update(params, *a, side), x_new, feats, *corner)
+                logits = _in_halves(lambda f: forward.head(params, f), feats_new)
+                m_new, adv_new = -margin(logits, y), jnp.argmax(logits, -1) != y
+            accept = ~found & (m_new < m_cur)
+            x_cur = jnp.where(broadcast_rows(accept, x), x_new, x_cur)
+            if forward is not None:
+                feats = jnp.where(broadcast_rows(accept, feats), feats_new, feats)
+            return i + 1, x_cur, jnp.where(accept, m_new, m_cur), found | (accept & adv_new), feats
+
+        return jax.lax.while_loop(cond, body, state)
+
+    state = search((0, x_best, m_best, found, None), None, sides[0] if sides else None)
+    for j, side in enumerate(sides):
+        if j == 0:  # the margins from here on come from the window forward's own pass
+            i, x_cur, _, found, _ = state
+            feats = _in_halves(lambda part: logits_fn.window_forward.features(params, part), x_cur)
+            m_cur = -margin(_in_halves(lambda f: logits_fn.window_forward.head(params, f), feats), y)
+            state = (i, x_cur, m_cur, found, feats)
+        state = search(state, side, sides[j + 1] if j + 1 < len(sides) else None)
+    return state[1]
 
 
 def square(*, norm: str = "linf", eps: float, n_queries: int = 5000, p_init: float = 0.8,
