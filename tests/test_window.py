@@ -41,7 +41,7 @@ def test_window_update_gives_the_features_of_the_changed_image(arch, shape):
                                rtol=2e-5)
     rows = jnp.arange(h).reshape(1, h, 1, 1)
     cols = jnp.arange(w).reshape(1, 1, w, 1)
-    for side in (2, 4):  # Square's WINDOW_SIDES
+    for side in (3, 7):  # Square's window sides on cnn_small
         for size in sorted({1, side}):  # a window as wide as the side the block was planned for, and a smaller one
             top, left = _windows(n, h, w, size, jax.random.key(10 * side + size))
             t, l_ = top.reshape(n, 1, 1, 1), left.reshape(n, 1, 1, 1)
@@ -71,7 +71,7 @@ def test_window_update_recomputes_only_the_block_the_window_reaches():
 
 def test_square_uses_the_window_forward_only_where_it_saves():
     small_logits, _ = _model("cnn_small", (28, 28, 1))
-    assert _window_sides(small_logits, Norm.LINF, (28, 28)) == (4, 2)
+    assert _window_sides(small_logits, Norm.LINF, (28, 28)) == (7, 3)  # blocks of 4x4 and 3x3 of 7x7
     assert _window_sides(small_logits, Norm.L2, (28, 28)) == ()  # the L2 step changes the whole image
     assert _window_sides(small_logits, Norm.LINF, (8, 8)) == ()  # the block would be the whole 2x2 map
     mlp_logits, _ = _model("mlp", (28, 28, 1))

@@ -69,24 +69,25 @@ def _logits_in_halves(logits_fn, params, x, key):
     return _in_halves(lambda part: logits_fn(params, part), x)
 
 
-# The window sides (largest first) at which the search uses the model's `window_forward` (bench/window.py): once
-# the square is at most this wide, a query recomputes only the block of the last conv layer's output that the
-# window reaches. On cnn_small at 28x28, side 4 recomputes 4x4 of the 7x7 map and side 2 (also for side 1) 3x3.
-WINDOW_SIDES = (4, 2)
-
-
 def _window_sides(logits_fn, norm: Norm, image_hw) -> tuple[int, ...]:
-    """The WINDOW_SIDES for which the model's window forward recomputes at most half of its last conv map; none
-    for a model without one, a stochastic model, or the L2 search (whose projection changes the whole image)."""
+    """The window sides, largest first, at which the search switches to the model's `window_forward`
+    (bench/window.py): once the square is at most that wide, a query recomputes only the block of the last conv
+    map that the window reaches. At most two: the largest side whose block is at most half the map, and the largest
+    side with the smallest block (the late queries). On cnn_small at 28x28: 7 (a 4x4 block of the 7x7 map) and 3
+    (3x3). None for a model without a window forward, a stochastic model, or the L2 search (whose projection
+    changes the whole image); each side is one more loop to compile."""
     forward = getattr(logits_fn, "window_forward", None)
     if forward is None or norm != Norm.LINF or is_stochastic(logits_fn):
         return ()
-    sides = []
-    for side in WINDOW_SIDES:
+    largest = {}  # block area -> the largest side with that block
+    for side in range(1, min(image_hw)):
         (block_h, map_h), (block_w, map_w) = forward.block(image_hw, side)
-        if 2 * block_h * block_w <= map_h * map_w:
-            sides.append(side)
-    return tuple(sides)
+        if 2 * block_h * block_w > map_h * map_w:
+            break
+        largest[block_h * block_w] = side
+    if not largest:
+        return ()
+    return tuple(sorted({largest[max(largest)], largest[min(largest)]}, reverse=True))
 
 
 @partial(jax.jit, static_argnames=("logits_fn", "norm", "n_queries", "rescale_schedule", "window_forward"))
@@ -94,8 +95,8 @@ def square_core(logits_fn, params, x, y, key, eps, p_init, *, norm: Norm, n_quer
                 rescale_schedule: bool = False, window_forward: bool = True):
     """The jitted random search; returns x_adv (misclassified where found, else the lowest-margin point).
 
-    With `window_forward` (and a model that has one, see `_window_sides`), the queries of squares at most
-    WINDOW_SIDES wide recompute only what the window reaches; the search (its windows, signs and acceptances) is
+    With `window_forward` (and a model that has one, see `_window_sides`), the queries of small squares
+    recompute only what the window reaches; the search (its windows, signs and acceptances) is
     the same, up to float rounding in the margins.
     """
     n, h, w, c = x.shape
