@@ -17,6 +17,11 @@ every example is misclassified.
   with random sign per channel in the first window. This is a simpler version of
   the paper's L2 update (which adds the new pattern to the old one); the search
   keeps the same shape: norm ~ eps, mass concentrated in squares.
+
+An L-inf query changes one window of the current point. A conv net of bench.models carries
+`logits_fn.window_forward` (bench/window.py): once the square is small, a query keeps the last conv map of the
+current point and recomputes only the block its window reaches (on cnn_small at 28x28, from query 250 of 5,000
+with the rescaled schedule). The search is the same, up to float rounding in the margins.
 """
 
 from __future__ import annotations
