@@ -29,7 +29,7 @@ def _windows(n, h, w, side, key):
 
 
 @pytest.mark.parametrize("arch,shape", [("cnn_small", (28, 28, 1)), ("cnn_small", (21, 19, 3)),
-                                        ("cnn_medium", (28, 28, 1)), ("cnn_large", (17, 15, 2))])
+                                        ("cnn_medium", (15, 13, 1)), ("cnn_large", (17, 15, 2))])
 def test_window_update_gives_the_features_of_the_changed_image(arch, shape):
     logits_fn, params = _model(arch, shape)
     forward = logits_fn.window_forward
