@@ -45,6 +45,15 @@ def number(cell: str) -> float:
     return float(re.sub(r"[^0-9.eE+-]", "", cell.split()[0]))
 
 
+def cpu_model() -> str:
+    """The processor's model name (/proc/cpuinfo): machines of one kind here have differed from day to day."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return "unknown CPU"
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown CPU")
+
+
 def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
     """GFLOP/s of a float32 n x n matmul on this machine (best of `repeats`)."""
     a = jax.random.normal(jax.random.key(0), (n, n))
@@ -89,7 +98,7 @@ def main(argv=None) -> int:
              f"Made by `python scripts/speed_report.py` (the last step of `make bench`) on "
              f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}, "
              f"git {subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True, text=True).stdout.strip()}, "
-             f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}. Each row names the report that measured it "
+             f"{os.cpu_count()} CPUs ({cpu_model()}), load average {os.getloadavg()[0]:.2f}. Each row names the report that measured it "
              "(its command, date and load are there); ratios > 1 mean ours is faster.", "",
              "| what | ours | reference | ratio | source |", "|---|---:|---:|---:|---|"]
 
