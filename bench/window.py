@@ -133,10 +133,10 @@ def window_forward(model) -> WindowForward:
         for i, (_, stride, _) in enumerate(layers):
             h = apply_conv(params, i, h, stride, "VALID")
             if i + 1 < len(layers):  # rows and columns outside this layer's output are the next one's zero padding
-                inside_r = (r[i + 1][:, None] + jnp.arange(rows.spans[i + 1])) < rows.sizes[i + 1]
-                inside_r &= (r[i + 1][:, None] + jnp.arange(rows.spans[i + 1])) >= 0
-                inside_c = (c[i + 1][:, None] + jnp.arange(cols.spans[i + 1])) < cols.sizes[i + 1]
-                inside_c &= (c[i + 1][:, None] + jnp.arange(cols.spans[i + 1])) >= 0
+                at_r = r[i + 1][:, None] + jnp.arange(rows.spans[i + 1])
+                at_c = c[i + 1][:, None] + jnp.arange(cols.spans[i + 1])
+                inside_r = (at_r >= 0) & (at_r < rows.sizes[i + 1])
+                inside_c = (at_c >= 0) & (at_c < cols.sizes[i + 1])
                 h = jnp.where(inside_r[:, :, None, None] & inside_c[:, None, :, None], h, 0.0)
         return jax.vmap(lambda f, b, i, j: lax.dynamic_update_slice(f, b, (i, j, 0)))(feats, h, r[-1], c[-1])
 
