@@ -50,7 +50,6 @@ import statistics
 import sys
 import time
 from importlib import metadata
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -71,6 +70,7 @@ except ImportError:
     sys.exit("scripts/peer_pgd.py needs torch and torchattacks: `pip install -e '.[peers]'` "
              "(or `make peers-pgd`), or run it with an interpreter that has them")
 
+from speed_report import cpu_model  # noqa: E402  (scripts/)
 from torch_twins import copy_flax_to_torch, to_nchw, torch_cnn_small  # noqa: E402  (scripts/, after torch)
 
 try:  # optional: foolbox runs on JAX itself (eagerpy), the same framework as ours
@@ -261,8 +261,7 @@ def main(argv=None) -> None:
 
     # --- report ----------------------------------------------------------------------------------
     grad_evals = n * STEPS
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or "unknown")
+    cpu = cpu_model()
     lines = [
         "# PGD-40 side by side: bench (JAX) vs torchattacks (PyTorch)",
         "",

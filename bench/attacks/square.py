@@ -129,8 +129,8 @@ def square_core(logits_fn, params, x, y, key, eps, p_init, *, norm: Norm, n_quer
         left = jax.random.randint(k_c, (n, 1, 1, 1), 0, w - size + 1)
         inside = (rows >= top) & (rows < top + size) & (cols >= left) & (cols < left + size)
         centre = (top + (size - 1) / 2.0, left + (size - 1) / 2.0)
-        return inside, jnp.maximum(jnp.abs(rows - centre[0]), jnp.abs(cols - centre[1])), (top[:, 0, 0, 0],
-                                                                                           left[:, 0, 0, 0])
+        dist = jnp.maximum(jnp.abs(rows - centre[0]), jnp.abs(cols - centre[1]))
+        return inside, dist, (top[:, 0, 0, 0], left[:, 0, 0, 0])  # corners as (n,) for the window forward
 
     def candidate_linf(k, size, x_cur):
         k_w, k_s = jax.random.split(k)
@@ -191,13 +191,13 @@ def square_core(logits_fn, params, x, y, key, eps, p_init, *, norm: Norm, n_quer
         return jax.lax.while_loop(cond, body, state)
 
     state = search((0, x_best, m_best, found, None), None, sides[0] if sides else None)
-    for j, side in enumerate(sides):
-        if j == 0:  # the margins from here on come from the window forward's own pass
-            i, x_cur, _, found, _ = state
-            feats = _in_halves(lambda part: logits_fn.window_forward.features(params, part), x_cur)
-            m_cur = -margin(_in_halves(lambda f: logits_fn.window_forward.head(params, f), feats), y)
-            state = (i, x_cur, m_cur, found, feats)
-        state = search(state, side, sides[j + 1] if j + 1 < len(sides) else None)
+    if sides:  # the current point's margin from here on comes from the window forward's own pass
+        i, x_cur, _, found, _ = state
+        feats = _in_halves(lambda part: logits_fn.window_forward.features(params, part), x_cur)
+        m_cur = -margin(_in_halves(lambda f: logits_fn.window_forward.head(params, f), feats), y)
+        state = (i, x_cur, m_cur, found, feats)
+    for side, until in zip(sides, sides[1:] + (None,)):
+        state = search(state, side, until)
     return state[1]
 
 
